@@ -1,0 +1,240 @@
+"""Decoding CLIP image embeddings into images: text-to-image, image-to-image, inpainting, and the depth hint.
+
+One denoising loop (`denoise`) serves every variant; the public functions only prepare its inputs the way diffusers'
+Kandinsky pipelines do, minus their bugs (kandinsky_tech.md §6): img2img keeps height and width in order (so 2.1
+img2img also works for non-square sizes), 2.2 inpainting blends every batch item with its own image, and image
+embeddings are repeated for `num_images_per_prompt` with or without guidance.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import images
+from .errors import KandinskyError
+from .sampling import randn, report
+from .schedulers import add_noise_kandinsky21_img2img
+from .text_encoder import encode_text
+
+
+@dataclass
+class DecoderModels:
+    """What a decoder checkpoint folder holds: UNet, MoVQ, scheduler, and for 2.1 its text encoder and tokenizer."""
+
+    unet: object
+    movq: object
+    scheduler: object
+    text_encoder: object = None
+    tokenizer: object = None
+
+    @property
+    def version(self):
+        """'2.1' or '2.2'."""
+        return self.unet.config.variant[:3]
+
+    @property
+    def size_multiple(self):
+        """Image height and width must be multiples of this (64 for the published models)."""
+        return self.movq.config.scale_factor * self.unet.config.latent_multiple
+
+
+def _device_dtype(models):
+    p = next(models.unet.parameters())
+    return p.device, p.dtype
+
+
+def _embeddings(image_embeds, negative_image_embeds, n, cfg, device, dtype):
+    image_embeds = image_embeds.to(device, dtype).repeat_interleave(n, dim=0)
+    if not cfg:
+        return image_embeds
+    negative = negative_image_embeds.to(device, dtype)
+    if negative.shape[0] == 1 and image_embeds.shape[0] > 1:
+        negative = negative.expand(image_embeds.shape[0] // n, -1)
+    if negative.shape[0] * n != image_embeds.shape[0]:
+        raise KandinskyError(f"{negative.shape[0]} negative embeddings for {image_embeds.shape[0] // n} positive ones; "
+                             "give one negative embedding, or one per positive embedding.")
+    return torch.cat([negative.repeat_interleave(n, dim=0), image_embeds])
+
+
+def _text_conditioning(models, prompt, negative_prompt, batch, n, cfg, device, dtype):
+    if models.version != "2.1":
+        return {}
+    if prompt is None:
+        raise KandinskyError("The Kandinsky 2.1 decoder also reads the prompt: pass prompt= (the text given to the prior).")
+    prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != batch:
+        raise KandinskyError(f"{len(prompts)} prompts for {batch} image embeddings; give one prompt or one per embedding.")
+    pooled, hidden, _ = encode_text(models.tokenizer, models.text_encoder, prompts, device)
+    pooled, hidden = pooled.repeat_interleave(n, dim=0), hidden.repeat_interleave(n, dim=0)
+    if cfg:
+        negatives = [negative_prompt or ""] * batch if not isinstance(negative_prompt, (list, tuple)) else list(negative_prompt)
+        neg_pooled, neg_hidden, _ = encode_text(models.tokenizer, models.text_encoder, negatives, device)
+        pooled = torch.cat([neg_pooled.repeat_interleave(n, dim=0), pooled])
+        hidden = torch.cat([neg_hidden.repeat_interleave(n, dim=0), hidden])
+    return {"text_embeds": pooled.to(dtype), "text_hidden_states": hidden.to(dtype)}
+
+
+def conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, n, guidance_scale, hint=None):
+    """UNet keyword arguments for a [negative, positive] guided batch (or positive only when guidance ≤ 1)."""
+    device, dtype = _device_dtype(models)
+    cfg = guidance_scale > 1
+    if image_embeds.ndim != 2:
+        raise KandinskyError(f"image_embeds must be (batch, dim), got shape {tuple(image_embeds.shape)}.")
+    if cfg and negative_image_embeds is None:
+        raise KandinskyError("Guidance needs negative image embeddings (the prior returns them); or set guidance_scale to 1.")
+    cond = {"image_embeds": _embeddings(image_embeds, negative_image_embeds, n, cfg, device, dtype)}
+    cond.update(_text_conditioning(models, prompt, negative_prompt, image_embeds.shape[0], n, cfg, device, dtype))
+    if hint is not None or models.unet.config.variant == "2.2-depth":
+        cond["hint"] = _hint(models, hint, image_embeds.shape[0] * n, cfg, device, dtype)
+    return cond
+
+
+def _hint(models, hint, batch, cfg, device, dtype):
+    if models.unet.config.variant != "2.2-depth":
+        raise KandinskyError(f"A depth hint only works with the 2.2 depth decoder, not the {models.unet.config.variant} one.")
+    if hint is None:
+        raise KandinskyError("The depth decoder needs a hint: a (B, 3, H, W) depth map in [0, 1] at the output size.")
+    hint = hint.to(device, dtype)
+    if hint.shape[0] not in (1, batch) and batch % hint.shape[0] == 0:
+        hint = hint.repeat_interleave(batch // hint.shape[0], dim=0)
+    hint = hint.expand(batch, -1, -1, -1) if hint.shape[0] == 1 else hint
+    return torch.cat([hint, hint]) if cfg else hint
+
+
+def guided_output(out, guidance_scale, learned_variance):
+    """Classifier-free guidance on ε; the variance channels come from the positive half (as trained)."""
+    if guidance_scale > 1:
+        eps, var = out[:, :4], out[:, 4:]
+        neg, pos = eps.chunk(2)
+        out = torch.cat([neg + guidance_scale * (pos - neg), var.chunk(2)[1]], dim=1)
+    return out if learned_variance else out[:, :4]
+
+
+def denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator=None, callback=None, concat=None, blend=None):
+    """The shared sampling loop: guided UNet, scheduler step, optional inpaint blend, per-step callback."""
+    learned = getattr(scheduler, "variance_type", None) in ("learned", "learned_range")
+    cfg = guidance_scale > 1
+    for i, t in enumerate(timesteps):
+        x = torch.cat([latents] * 2) if cfg else latents
+        if concat is not None:
+            x = torch.cat([x, concat], dim=1)
+        out = guided_output(models.unet(x, t, **cond), guidance_scale, learned)
+        previous, latents = latents, scheduler.step(out, t, latents, generator=generator)
+        if blend is not None:
+            latents = blend(i, latents)
+        report(callback, i, len(timesteps), t, latents, lambda: scheduler.predict_x0(out[:, :4], t, previous))
+    return latents
+
+
+def finish(models, latents, output_type):
+    """Decode final latents with the MoVQ (unquantized, as the pipelines do) and convert to `output_type`."""
+    if output_type == "latent":
+        return latents
+    return images.postprocess(models.movq.decode(latents, force_not_quantize=True), output_type)
+
+
+def _latent_shape(models, batch, height, width):
+    images.check_size(height, width, models.size_multiple)
+    s = models.movq.config.scale_factor
+    return (batch, models.movq.config.latent_channels, height // s, width // s)
+
+
+def _timesteps(scheduler, steps, strength=1.0):
+    timesteps = scheduler.set_timesteps(steps)
+    if not 0 < strength <= 1:
+        raise KandinskyError(f"strength must be in (0, 1], got {strength}.")
+    keep = min(int(steps * strength), steps)
+    if keep < 1:
+        raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; raise strength or steps "
+                             f"(strength × steps must be at least 1).")
+    return timesteps[steps - keep:]
+
+
+@torch.no_grad()
+def text_to_image(models, image_embeds, negative_image_embeds=None, *, prompt=None, negative_prompt=None, hint=None,
+                  height=512, width=512, steps=100, guidance_scale=4.0, num_images_per_prompt=1, generator=None,
+                  latents=None, scheduler=None, output_type="pil", callback=None):
+    """Images from CLIP image embeddings (2.1 also takes the prompt; the 2.2 depth decoder a hint)."""
+    scheduler = scheduler or models.scheduler
+    device, dtype = _device_dtype(models)
+    cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, num_images_per_prompt, guidance_scale, hint)
+    shape = _latent_shape(models, image_embeds.shape[0] * num_images_per_prompt, height, width)
+    timesteps = _timesteps(scheduler, steps)
+    if latents is None:
+        latents = randn(shape, generator, device, dtype)
+    elif tuple(latents.shape) != shape:
+        raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {shape}.")
+    latents = latents.to(device, dtype) * scheduler.init_noise_sigma
+    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+    return finish(models, latents, output_type)
+
+
+def encode_image(models, image, height, width, n):
+    """MoVQ latents of the input image(s) at (height, width), repeated `n` times each."""
+    device, dtype = _device_dtype(models)
+    images.check_size(height, width, models.size_multiple)
+    pixels = images.preprocess_image(image, height, width).to(device, dtype)
+    return models.movq.encode(pixels).repeat_interleave(n, dim=0)
+
+
+@torch.no_grad()
+def image_to_image(models, image_embeds, negative_image_embeds, image, *, strength=0.3, prompt=None, negative_prompt=None,
+                   hint=None, height=512, width=512, steps=100, guidance_scale=None, num_images_per_prompt=1,
+                   generator=None, scheduler=None, output_type="pil", callback=None):
+    """Re-draw `image` guided by the embeddings; `strength` 1 ignores the image, small values keep it."""
+    scheduler = scheduler or models.scheduler
+    guidance_scale = guidance_scale if guidance_scale is not None else (7.0 if models.version == "2.1" else 4.0)
+    cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, num_images_per_prompt, guidance_scale, hint)
+    init = encode_image(models, image, height, width, num_images_per_prompt)
+    batch = image_embeds.shape[0] * num_images_per_prompt
+    if init.shape[0] != batch:
+        raise KandinskyError(f"{init.shape[0] // num_images_per_prompt} input images for {image_embeds.shape[0]} embeddings; "
+                             "give one image per embedding.")
+    timesteps = _timesteps(scheduler, steps, strength)
+    noise = randn(init.shape, generator, init.device, init.dtype)
+    if models.version == "2.1":  # 2.1 noises with its training-time schedule at a strength-derived timestep
+        t = torch.full((batch,), int(1000 * strength) - 2, dtype=torch.long)
+        latents = add_noise_kandinsky21_img2img(init * scheduler.init_noise_sigma, noise, t)
+    else:
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
+    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+    return finish(models, latents, output_type)
+
+
+@torch.no_grad()
+def inpaint(models, image_embeds, negative_image_embeds, image, mask, *, prompt=None, negative_prompt=None, height=512,
+            width=512, steps=100, guidance_scale=4.0, num_images_per_prompt=1, generator=None, latents=None,
+            scheduler=None, output_type="pil", callback=None):
+    """Repaint the white (1) part of `mask` in `image`, keeping the black (0) part."""
+    if models.unet.config.in_channels != 9:
+        raise KandinskyError(f"Inpainting needs an inpainting decoder (kandinsky-2-x-inpaint); this one is {models.unet.config.variant}.")
+    scheduler = scheduler or models.scheduler
+    device, dtype = _device_dtype(models)
+    n, cfg = num_images_per_prompt, guidance_scale > 1
+    cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, n, guidance_scale)
+    shape = _latent_shape(models, image_embeds.shape[0] * n, height, width)
+    keep, pixels = images.prepare_mask_and_masked_image(image, mask, height, width)
+    init = models.movq.encode(pixels.to(device, dtype))
+    keep = images.dilate_hole(F.interpolate(keep.to(device, dtype), init.shape[-2:], mode="nearest"))
+    if init.shape[0] not in (1, image_embeds.shape[0]):
+        raise KandinskyError(f"{init.shape[0]} images for {image_embeds.shape[0]} embeddings; give one image, or one per embedding.")
+    init = init.expand(image_embeds.shape[0], -1, -1, -1).repeat_interleave(n, dim=0)
+    keep = keep.expand(image_embeds.shape[0], -1, -1, -1).repeat_interleave(n, dim=0)
+    masked, keep_in = (torch.cat([init * keep] * 2), torch.cat([keep] * 2)) if cfg else (init * keep, keep)
+    concat = torch.cat([masked, keep_in], dim=1)  # UNet input: latents, masked-image latents, mask
+    timesteps = _timesteps(scheduler, steps)
+    latents = randn(shape, generator, device, dtype) if latents is None else latents.to(device, dtype)
+    latents = latents * scheduler.init_noise_sigma
+    blend = None if models.version == "2.1" else _blend(scheduler, init, keep, latents.clone(), timesteps)
+    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback, concat, blend)
+    if models.version != "2.1":
+        latents = keep * init + (1 - keep) * latents
+    return finish(models, latents, output_type)
+
+
+def _blend(scheduler, init, keep, noise, timesteps):
+    """2.2 re-imposes the known region after every step, noised to the next step's level."""
+    def blend(i, latents):
+        known = init if i == len(timesteps) - 1 else scheduler.add_noise(init, noise, timesteps[i + 1:i + 2])
+        return keep * known + (1 - keep) * latents
+    return blend

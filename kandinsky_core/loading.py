@@ -1,0 +1,330 @@
+"""Load the published kandinsky-community checkpoints as they are: diffusers folders or one safetensors file each.
+
+The component and its variant come from `config.json` or, for a lone file, from tensor names and shapes; file names are
+never consulted. Weights go straight into the requested dtype and device, one tensor at a time, into a model built on
+the meta device, so a 5 GB fp32 file loaded as fp16 never exists in memory as fp32.
+"""
+import json
+import os
+import re
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, XLMRobertaTokenizerFast
+
+from .decoder_pipeline import DecoderModels
+from .errors import KandinskyError
+from .images import KANDINSKY_CLIP_PREPROCESSOR
+from .movq import MoVQ, MoVQConfig
+from .prior import PriorConfig, PriorTransformer
+from .prior_pipeline import PriorModels
+from .schedulers import scheduler_from_config
+from .text_encoder import MultilingualCLIP
+from .unet import UNet, UNetConfig
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                "model.fp16.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
+SAFETENSORS_INDEXES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")
+COMPONENT_CLASSES = {"unet": "UNet2DConditionModel", "movq": "VQModel", "prior": "PriorTransformer"}
+
+
+def weights_path(path):
+    """The weights file of a component folder (or `path` itself if it is a file)."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise KandinskyError(f"{path} does not exist; put Kandinsky checkpoints in a folder the loader can see.")
+    for name in WEIGHT_FILES + SAFETENSORS_INDEXES:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise KandinskyError(f"{path} holds no weights file (looked for {', '.join(WEIGHT_FILES)}); "
+                         "is it a diffusers component folder such as unet/, movq/ or prior/?")
+
+
+def _shard_files(path):
+    if not path.endswith(".index.json"):
+        return [path]
+    with open(path) as f:
+        names = sorted(set(json.load(f)["weight_map"].values()))
+    return [os.path.join(os.path.dirname(path), n) for n in names]
+
+
+def _safetensors_error(path, err):
+    size = os.path.getsize(path)
+    kind = "empty" if size == 0 else "truncated or corrupt"
+    return KandinskyError(f"{path} is {kind} ({size} bytes; safetensors says: {err}); download the file again.")
+
+
+def _cast(t, dtype, device):
+    return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+
+
+def iter_tensors(path, dtype=None, device="cpu"):
+    """Yield (key, tensor) from a safetensors/.bin file (or a sharded index), cast one tensor at a time."""
+    for file in _shard_files(path):
+        if file.endswith((".bin", ".pt", ".ckpt")):
+            sd = _torch_load(file)
+            for k in list(sd):
+                yield k, _cast(sd.pop(k), dtype, device)
+            continue
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for k in f.keys():
+                    yield k, _cast(f.get_tensor(k), dtype, device)
+        except SafetensorError as err:
+            raise _safetensors_error(file, err) from None
+
+
+def _torch_load(file):
+    if os.path.getsize(file) == 0:
+        raise KandinskyError(f"{file} is empty (0 bytes); download the file again.")
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types here; all mean the same to the user
+        raise KandinskyError(f"{file} is not a loadable PyTorch weights file ({type(err).__name__}: {err}); "
+                             "download it again, preferably as .safetensors.") from None
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict):
+        raise KandinskyError(f"{file} holds a {type(sd).__name__}, not a state dict of tensors.")
+    return sd
+
+
+def read_shapes(path):
+    """{key: shape} of a weights file, reading only the safetensors header when possible."""
+    shapes = {}
+    for file in _shard_files(path):
+        if file.endswith((".bin", ".pt", ".ckpt")):
+            shapes.update({k: tuple(v.shape) for k, v in _torch_load(file).items()})
+            continue
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        except SafetensorError as err:
+            raise _safetensors_error(file, err) from None
+    return shapes
+
+
+def read_metadata_config(path):
+    """The `config` JSON stored in a safetensors file's metadata by our writer, if any."""
+    if not path.endswith(".safetensors"):
+        return None
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as err:
+        raise _safetensors_error(path, err) from None
+    return json.loads(meta["config"]) if "config" in meta else None
+
+
+def describe(shapes):
+    """Name the kind of checkpoint a state dict's keys look like, for errors about foreign files."""
+    keys = list(shapes)
+    looks = [
+        ("model.diffusion_model.", "a Stable Diffusion checkpoint (ckpt/safetensors with UNet, VAE and CLIP)"),
+        ("first_stage_model.", "a Stable Diffusion checkpoint"),
+        ("lora_", "a LoRA"),
+        ("transformer_blocks.0.attn1.to_q", "a Stable Diffusion-style diffusers UNet or transformer"),
+        ("text_model.encoder.", "a CLIP text encoder"),
+        ("vision_model.encoder.", "a CLIP vision encoder"),
+        ("encoder.down.0.", "a Stable Diffusion VAE (original layout)"),
+        ("quant_conv", "a VAE"),
+        ("roberta.", "an XLM-RoBERTa / RoBERTa model"),
+    ]
+    for marker, what in looks:
+        if any(marker in k for k in keys):
+            return what
+    return f"an unknown model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
+
+
+def identify(shapes):
+    """'unet', 'movq' or 'prior' from tensor names, or a KandinskyError saying what the file is instead."""
+    if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes and any(k.startswith("add_embedding.") for k in shapes):
+        return "unet"
+    if "quantize.embedding.weight" in shapes and "decoder.conv_in.weight" in shapes:
+        return "movq"
+    if "prd_embedding" in shapes and "positional_embedding" in shapes:
+        return "prior"
+    raise KandinskyError(f"This is not a Kandinsky UNet, MoVQ or prior: it looks like {describe(shapes)}.")
+
+
+def _count(shapes, pattern):
+    return len({m.group(1) for k in shapes for m in [re.match(pattern, k)] if m})
+
+
+def unet_config_from_shapes(shapes):
+    """Rebuild a UNet config from tensor shapes (attention head width 64, as in every published decoder)."""
+    n = _count(shapes, r"down_blocks\.(\d+)\.")
+    ch = tuple(shapes[f"down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(n))
+    addition = ("image_hint" if "add_embedding.input_hint_block.0.weight" in shapes else
+                "text_image" if "add_embedding.text_proj.weight" in shapes else "image")
+    down = tuple("SimpleCrossAttnDownBlock2D" if f"down_blocks.{i}.attentions.0.to_q.weight" in shapes else "ResnetDownsampleBlock2D" for i in range(n))
+    up = tuple("SimpleCrossAttnUpBlock2D" if f"up_blocks.{i}.attentions.0.to_q.weight" in shapes else "ResnetUpsampleBlock2D" for i in range(n))
+    context = shapes["mid_block.attentions.0.add_k_proj.weight"][1]
+    if addition == "text_image":
+        hid = shapes["encoder_hid_proj.text_proj.weight"][1]
+    else:
+        hid = shapes["encoder_hid_proj.image_embeds.weight"][1]
+    return UNetConfig(
+        in_channels=shapes["conv_in.weight"][1], out_channels=shapes["conv_out.weight"][0], addition_embed_type=addition,
+        encoder_hid_dim_type="text_image_proj" if addition == "text_image" else "image_proj", encoder_hid_dim=hid,
+        cross_attention_dim=context, block_out_channels=ch, down_block_types=down, up_block_types=up,
+        layers_per_block=_count(shapes, r"down_blocks\.0\.resnets\.(\d+)\."))
+
+
+def movq_config_from_shapes(shapes):
+    """Rebuild a MoVQ config from tensor shapes (32 norm groups, as published)."""
+    n = _count(shapes, r"encoder\.down_blocks\.(\d+)\.")
+    ch = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n))
+    down = tuple("AttnDownEncoderBlock2D" if f"encoder.down_blocks.{i}.attentions.0.to_q.weight" in shapes else "DownEncoderBlock2D" for i in range(n))
+    up = tuple("AttnUpDecoderBlock2D" if f"decoder.up_blocks.{i}.attentions.0.to_q.weight" in shapes else "UpDecoderBlock2D" for i in range(n))
+    codes, dim = shapes["quantize.embedding.weight"]
+    return MoVQConfig(block_out_channels=ch, down_block_types=down, up_block_types=up,
+                      layers_per_block=_count(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+                      latent_channels=shapes["quant_conv.weight"][0], num_vq_embeddings=codes, vq_embed_dim=dim,
+                      in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0])
+
+
+def prior_config_from_shapes(shapes):
+    """Rebuild a prior config from tensor shapes (attention head width 64, as published)."""
+    inner = shapes["prd_embedding"][-1]
+    return PriorConfig(embedding_dim=shapes["clip_mean"][-1], num_layers=_count(shapes, r"transformer_blocks\.(\d+)\."),
+                       num_attention_heads=inner // 64, attention_head_dim=64,
+                       num_embeddings=shapes["positional_embedding"][1] - 4, additional_embeddings=4)
+
+
+CONFIG_TYPES = {"unet": (UNetConfig, unet_config_from_shapes, UNet), "movq": (MoVQConfig, movq_config_from_shapes, MoVQ),
+                "prior": (PriorConfig, prior_config_from_shapes, PriorTransformer)}
+
+
+def read_config(path, kind):
+    """The config of a `kind` component at `path` (folder or file): config.json, file metadata, or tensor shapes."""
+    config_cls, from_shapes, _ = CONFIG_TYPES[kind]
+    weights = weights_path(path)
+    config_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+    if os.path.isdir(path) and os.path.isfile(config_file):
+        with open(config_file) as f:
+            d = json.load(f)
+        expected = COMPONENT_CLASSES[kind]
+        if d.get("_class_name", expected) != expected:
+            raise KandinskyError(f"{config_file} describes a {d['_class_name']}, not a Kandinsky {kind} ({expected}).")
+        return config_cls.from_dict(d)
+    meta = read_metadata_config(weights)
+    if meta is not None:
+        return config_cls.from_dict(meta)
+    shapes = read_shapes(weights)
+    found = identify(shapes)
+    if found != kind:
+        raise KandinskyError(f"{path} is a Kandinsky {found}, not a {kind}; load it with the {found} loader.")
+    return from_shapes(shapes)
+
+
+def load_component(path, kind, *, dtype=None, device="cpu", operations=nn):
+    """Build a `kind` model ('unet', 'movq' or 'prior') on meta and fill it from the checkpoint at `path`."""
+    path = component_path(path, kind)
+    config = read_config(path, kind)
+    model = CONFIG_TYPES[kind][2](config, operations=operations, dtype=dtype, device="meta")
+    load_weights(model, weights_path(path), dtype=dtype, device=device)
+    return model.eval()
+
+
+def load_weights(model, path, dtype=None, device="cpu"):
+    """Strictly load `path` into a (meta-built) model, naming missing, unexpected and mis-shaped tensors."""
+    expected = model.state_dict()
+    sd = {}
+    for k, t in iter_tensors(path, dtype, device):
+        if k in expected and tuple(expected[k].shape) != tuple(t.shape):
+            raise KandinskyError(f"{path}: tensor {k} has shape {tuple(t.shape)} but the config says {tuple(expected[k].shape)}; "
+                                 "the config.json does not belong to these weights.")
+        sd[k] = t
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise KandinskyError(f"{path} does not match the model its config describes: {len(missing)} missing tensors "
+                             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+                             f"the file looks like {describe({k: t.shape for k, t in sd.items()})}.")
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def component_path(path, kind):
+    """Accept a repo folder (with `kind/` inside), a component folder or a single file."""
+    if os.path.isdir(path) and os.path.isdir(os.path.join(path, kind)):
+        return os.path.join(path, kind)
+    return path
+
+
+def _require(folder, sub, repo_hint):
+    path = os.path.join(folder, sub)
+    if not os.path.isdir(path):
+        raise KandinskyError(f"{folder} has no {sub}/ folder; a complete {repo_hint} checkout has one.")
+    return path
+
+
+def load_scheduler(folder, sub="scheduler"):
+    """A scheduler from `<folder>/<sub>/scheduler_config.json`."""
+    path = os.path.join(folder, sub, "scheduler_config.json")
+    if not os.path.isfile(path):
+        raise KandinskyError(f"{folder} has no {sub}/scheduler_config.json; copy it from the kandinsky-community repo.")
+    with open(path) as f:
+        return scheduler_from_config(json.load(f))
+
+
+def load_tokenizer(folder, kind):
+    """The tokenizer in `folder` ('clip' or 'xlmr'), offline only."""
+    cls = CLIPTokenizer if kind == "clip" else XLMRobertaTokenizerFast
+    try:
+        return cls.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise KandinskyError(f"{folder} is not a usable {cls.__name__} folder ({err}); copy tokenizer/ from the "
+                             "kandinsky-community repo.") from None
+
+
+def _load_transformers(cls, folder, dtype, device):
+    try:
+        return cls.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval()
+    except (OSError, ValueError, KeyError) as err:
+        raise KandinskyError(f"{folder} is not a loadable {cls.__name__} ({err}).") from None
+
+
+def load_mclip(folder, *, dtype=None, device="cpu", operations=nn):
+    """Kandinsky 2.1's MultilingualCLIP text encoder from its folder."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    model = MultilingualCLIP(config, operations=operations, dtype=dtype, device="meta")
+    load_weights(model, weights_path(folder), dtype=dtype, device=device)
+    embeddings = model.transformer.embeddings  # index buffers are not saved in checkpoints: rebuild them
+    positions = torch.arange(embeddings.position_ids.shape[-1], device=device).unsqueeze(0)
+    embeddings.register_buffer("position_ids", positions, persistent=False)
+    embeddings.register_buffer("token_type_ids", torch.zeros_like(positions), persistent=False)
+    return model.eval()
+
+
+def load_prior_models(folder, *, dtype=None, device="cpu", operations=nn):
+    """Everything `prior_pipeline` needs, from a kandinsky-2-x-prior folder."""
+    hint = "kandinsky-community/kandinsky-2-x-prior"
+    prior = load_component(_require(folder, "prior", hint), "prior", dtype=dtype, device=device, operations=operations)
+    text = _load_transformers(CLIPTextModelWithProjection, _require(folder, "text_encoder", hint), dtype, device)
+    image = _load_transformers(CLIPVisionModelWithProjection, _require(folder, "image_encoder", hint), dtype, device)
+    for name, tower in (("text_encoder", text), ("image_encoder", image)):
+        if tower.config.projection_dim != prior.config.embedding_dim:
+            raise KandinskyError(f"{folder}: {name} projects to {tower.config.projection_dim} dims but the prior works with "
+                                 f"{prior.config.embedding_dim}; the folder mixes Kandinsky 2.1 and 2.2 parts.")
+    processor_file = os.path.join(folder, "image_processor", "preprocessor_config.json")
+    processor = KANDINSKY_CLIP_PREPROCESSOR  # older prior repos lack image_processor/; this is its published content
+    if os.path.isfile(processor_file):
+        with open(processor_file) as f:
+            processor = json.load(f)
+    return PriorModels(prior, text, load_tokenizer(_require(folder, "tokenizer", hint), "clip"), image, processor,
+                       load_scheduler(folder))
+
+
+def load_decoder_models(folder, *, dtype=None, device="cpu", operations=nn, movq=None):
+    """Everything `decoder_pipeline` needs, from a kandinsky-2-x decoder folder (2.1 with its text encoder)."""
+    hint = "kandinsky-community decoder"
+    unet = load_component(_require(folder, "unet", hint), "unet", dtype=dtype, device=device, operations=operations)
+    movq = movq or load_component(_require(folder, "movq", hint), "movq", dtype=dtype, device=device, operations=operations)
+    models = DecoderModels(unet, movq, load_scheduler(folder))
+    if unet.config.addition_embed_type == "text_image":
+        models.text_encoder = load_mclip(_require(folder, "text_encoder", "kandinsky-2-1"), dtype=dtype, device=device, operations=operations)
+        models.tokenizer = load_tokenizer(_require(folder, "tokenizer", "kandinsky-2-1"), "xlmr")
+    return models

@@ -1,0 +1,339 @@
+"""MoVQ, the image autoencoder of Kandinsky 2.1 and 2.2 (diffusers `VQModel` with `norm_type="spatial"`).
+
+The encoder is a plain VQGAN encoder. The decoder is "MoVQ" (https://arxiv.org/abs/2209.09002): every normalisation is
+a SpatialNorm whose scale and shift are predicted from the latent itself, so the latent conditions the whole decoder.
+Module names follow diffusers, so its `movq/diffusion_pytorch_model.safetensors` loads with `strict=True`.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import attention, config
+from .errors import KandinskyError
+
+# Submodules are registered in diffusers' order, so state-dict keys come out in its order too.
+# diffusers' SpatialNorm hard-codes 32 groups, whatever `norm_num_groups` says (it only reaches the encoder).
+SPATIAL_NORM_GROUPS = 32
+EPS = 1e-6
+ENCODER_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}  # block type -> has attention
+DECODER_BLOCKS = {"UpDecoderBlock2D": False, "AttnUpDecoderBlock2D": True}
+
+
+@dataclass
+class MoVQConfig:
+    """The diffusers `VQModel` config keys that shape the network."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple = ("DownEncoderBlock2D",)
+    up_block_types: tuple = ("UpDecoderBlock2D",)
+    block_out_channels: tuple = (64,)
+    layers_per_block: int = 1
+    act_fn: str = "silu"
+    latent_channels: int = 3
+    num_vq_embeddings: int = 256
+    norm_num_groups: int = 32
+    vq_embed_dim: int | None = None  # None: same as latent_channels
+    norm_type: str = "group"
+    mid_block_add_attention: bool = True
+
+    def __post_init__(self):
+        if self.norm_type != "spatial":
+            raise KandinskyError(f"MoVQ norm_type {self.norm_type!r} is not supported: only the Kandinsky MoVQ "
+                                 "(norm_type 'spatial') is; load a Kandinsky movq/config.json.")
+        if self.act_fn != "silu":
+            raise KandinskyError(f"MoVQ act_fn {self.act_fn!r} is not supported: only 'silu' is.")
+        unknown = set(self.down_block_types) - set(ENCODER_BLOCKS) | set(self.up_block_types) - set(DECODER_BLOCKS)
+        if unknown:
+            raise KandinskyError(f"Unknown MoVQ block types {sorted(unknown)}: use {list(ENCODER_BLOCKS)} for "
+                                 f"down_block_types and {list(DECODER_BLOCKS)} for up_block_types.")
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise KandinskyError(f"MoVQ config has {n} block_out_channels but {len(self.down_block_types)} down and "
+                                 f"{len(self.up_block_types)} up block types: give one block type per level.")
+
+    @classmethod
+    def from_dict(cls, d):
+        """Config from a diffusers `movq/config.json` dict."""
+        return config.from_dict(cls, d)
+
+    @property
+    def scale_factor(self):
+        """How many image pixels one latent pixel covers per side."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def embed_dim(self):
+        """Channels of the codebook vectors (and of the latents `encode` returns)."""
+        return self.vq_embed_dim or self.latent_channels
+
+
+# kandinsky-community/kandinsky-2-1 and kandinsky-2-2-decoder `movq/`: 67,832,495 params.
+MOVQ = MoVQConfig(
+    block_out_channels=(128, 256, 256, 512),
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
+    layers_per_block=2, latent_channels=4, num_vq_embeddings=16384, vq_embed_dim=4, norm_type="spatial",
+)
+
+# The MoVQ of diffusers' Kandinsky fast tests (scale factor 2).
+MOVQ_TINY = MoVQConfig(
+    block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+    layers_per_block=1, latent_channels=4, norm_num_groups=8, num_vq_embeddings=12, vq_embed_dim=4,
+    norm_type="spatial",
+)
+
+
+class LayerFactory:
+    """Builds every parametrised layer through `operations` with one dtype/device (ComfyUI's ops plug in here)."""
+
+    def __init__(self, operations, dtype, device):
+        self.operations, self.kw = operations, {"dtype": dtype, "device": device}
+
+    def conv(self, in_channels, out_channels, kernel_size, **kwargs):
+        """A Conv2d."""
+        return self.operations.Conv2d(in_channels, out_channels, kernel_size, **kwargs, **self.kw)
+
+    def group_norm(self, groups, channels):
+        """A GroupNorm with the VQGAN's eps."""
+        return self.operations.GroupNorm(groups, channels, eps=EPS, **self.kw)
+
+    def linear(self, in_features, out_features):
+        """A Linear with bias."""
+        return self.operations.Linear(in_features, out_features, **self.kw)
+
+    def embedding(self, num, dim):
+        """An Embedding table."""
+        return self.operations.Embedding(num, dim, **self.kw)
+
+
+class SpatialNorm(torch.nn.Module):
+    """GroupNorm whose per-pixel scale and shift come from the latent `zq`, resized to the feature map."""
+
+    def __init__(self, channels, zq_channels, ops):
+        super().__init__()
+        self.norm_layer = ops.group_norm(SPATIAL_NORM_GROUPS, channels)
+        self.conv_y = ops.conv(zq_channels, channels, 1)
+        self.conv_b = ops.conv(zq_channels, channels, 1)
+
+    def forward(self, x, zq):
+        zq = F.interpolate(zq, size=x.shape[-2:], mode="nearest")
+        return self.norm_layer(x) * self.conv_y(zq) + self.conv_b(zq)
+
+
+def make_norm(channels, groups, zq_channels, ops):
+    """SpatialNorm in the decoder (zq_channels given), plain GroupNorm in the encoder."""
+    return SpatialNorm(channels, zq_channels, ops) if zq_channels else ops.group_norm(groups, channels)
+
+
+def apply_norm(norm, x, zq):
+    """Run a norm made by `make_norm`; only SpatialNorm takes the latent."""
+    return norm(x) if zq is None else norm(x, zq)
+
+
+class ResBlock(torch.nn.Module):
+    """norm, SiLU, conv3x3, norm, SiLU, conv3x3, plus a (1x1-projected when channels change) skip."""
+
+    def __init__(self, in_channels, out_channels, groups, zq_channels, ops):
+        super().__init__()
+        self.norm1 = make_norm(in_channels, groups, zq_channels, ops)
+        self.conv1 = ops.conv(in_channels, out_channels, 3, padding=1)
+        self.norm2 = make_norm(out_channels, groups, zq_channels, ops)
+        self.conv2 = ops.conv(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = ops.conv(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x, zq=None):
+        h = self.conv1(F.silu(apply_norm(self.norm1, x, zq)))
+        h = self.conv2(F.silu(apply_norm(self.norm2, h, zq)))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return skip + h
+
+
+class AttnBlock(torch.nn.Module):
+    """Single-head self-attention over all pixels, with a residual; GroupNorm (encoder) or SpatialNorm (decoder)."""
+
+    def __init__(self, channels, groups, zq_channels, ops):
+        super().__init__()
+        if zq_channels:
+            self.spatial_norm = SpatialNorm(channels, zq_channels, ops)
+        else:
+            self.group_norm = ops.group_norm(groups, channels)
+        self.to_q = ops.linear(channels, channels)
+        self.to_k = ops.linear(channels, channels)
+        self.to_v = ops.linear(channels, channels)
+        self.to_out = torch.nn.ModuleList([ops.linear(channels, channels)])
+
+    def forward(self, x, zq=None):
+        b, c, height, width = x.shape
+        h = self.group_norm(x) if zq is None else self.spatial_norm(x, zq)
+        h = h.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        h = attention.attention(self.to_q(h), self.to_k(h), self.to_v(h), heads=1)
+        h = self.to_out[0](h).transpose(1, 2).reshape(b, c, height, width)
+        # h first, as in diffusers: the sum then keeps h's channels-last layout, and later GroupNorms round the same.
+        return h + x
+
+
+class Downsample(torch.nn.Module):
+    """Halve H and W with a stride-2 conv3x3, padded on the right and bottom only (as the VQGAN was trained)."""
+
+    def __init__(self, channels, ops):
+        super().__init__()
+        self.conv = ops.conv(channels, channels, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(torch.nn.Module):
+    """Double H and W: nearest-neighbour upscale, then conv3x3."""
+
+    def __init__(self, channels, ops):
+        super().__init__()
+        self.conv = ops.conv(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Block(torch.nn.Module):
+    """One resolution level: ResBlocks (each followed by attention if `attn`), then an optional down- or upsampler."""
+
+    def __init__(self, in_channels, out_channels, layers, groups, attn, ops, zq_channels=None, resample=None):
+        super().__init__()
+        self.attentions = torch.nn.ModuleList(
+            AttnBlock(out_channels, groups, zq_channels, ops) for _ in range(layers if attn else 0))
+        self.resnets = torch.nn.ModuleList(
+            ResBlock(in_channels if i == 0 else out_channels, out_channels, groups, zq_channels, ops)
+            for i in range(layers))
+        self.downsamplers = torch.nn.ModuleList([Downsample(out_channels, ops)] if resample == "down" else [])
+        self.upsamplers = torch.nn.ModuleList([Upsample(out_channels, ops)] if resample == "up" else [])
+
+    def forward(self, x, zq=None):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, zq)
+            if self.attentions:
+                x = self.attentions[i](x, zq)
+        for resample in (*self.downsamplers, *self.upsamplers):
+            x = resample(x)
+        return x
+
+
+class MidBlock(torch.nn.Module):
+    """ResBlock, attention (unless disabled), ResBlock at the lowest resolution."""
+
+    def __init__(self, channels, groups, add_attention, ops, zq_channels=None):
+        super().__init__()
+        self.attentions = torch.nn.ModuleList([AttnBlock(channels, groups, zq_channels, ops)] if add_attention else [])
+        self.resnets = torch.nn.ModuleList(ResBlock(channels, channels, groups, zq_channels, ops) for _ in range(2))
+
+    def forward(self, x, zq=None):
+        x = self.resnets[0](x, zq)
+        for attn in self.attentions:
+            x = attn(x, zq)
+        return self.resnets[1](x, zq)
+
+
+class Encoder(torch.nn.Module):
+    """Image (B, in_channels, H, W) -> latent (B, latent_channels, H/f, W/f)."""
+
+    def __init__(self, cfg, ops):
+        super().__init__()
+        channels, groups = cfg.block_out_channels, cfg.norm_num_groups
+        self.conv_in = ops.conv(cfg.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = torch.nn.ModuleList(
+            Block(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block, groups, ENCODER_BLOCKS[kind], ops,
+                  resample="down" if i < len(channels) - 1 else None)
+            for i, kind in enumerate(cfg.down_block_types))
+        self.mid_block = MidBlock(channels[-1], groups, cfg.mid_block_add_attention, ops)
+        self.conv_norm_out = ops.group_norm(groups, channels[-1])
+        self.conv_out = ops.conv(channels[-1], cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class Decoder(torch.nn.Module):
+    """Latent (B, latent_channels, h, w) -> image (B, out_channels, h*f, w*f), every norm conditioned on `zq`."""
+
+    def __init__(self, cfg, ops):
+        super().__init__()
+        channels, zq = cfg.block_out_channels[::-1], cfg.latent_channels
+        self.conv_in = ops.conv(cfg.latent_channels, channels[0], 3, padding=1)
+        self.up_blocks = torch.nn.ModuleList(
+            Block(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block + 1, None, DECODER_BLOCKS[kind], ops,
+                  zq_channels=zq, resample="up" if i < len(channels) - 1 else None)
+            for i, kind in enumerate(cfg.up_block_types))
+        self.mid_block = MidBlock(channels[0], None, cfg.mid_block_add_attention, ops, zq_channels=zq)
+        self.conv_norm_out = SpatialNorm(channels[-1], zq, ops)
+        self.conv_out = ops.conv(channels[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, x, zq):
+        x = self.mid_block(self.conv_in(x), zq)
+        for block in self.up_blocks:
+            x = block(x, zq)
+        return self.conv_out(F.silu(self.conv_norm_out(x, zq)))
+
+
+class VectorQuantizer(torch.nn.Module):
+    """Snap each latent pixel to its nearest codebook vector (Euclidean)."""
+
+    def __init__(self, num_embeddings, embed_dim, ops):
+        super().__init__()
+        self.embedding = ops.embedding(num_embeddings, embed_dim)
+
+    def forward(self, z):
+        codebook = self.embedding.weight.to(dtype=z.dtype, device=z.device)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*h*w, C)
+        nearest = torch.cdist(flat, codebook).argmin(dim=1)  # cdist as in diffusers, so near-ties pick the same code
+        return codebook[nearest].reshape(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+
+
+class MoVQ(torch.nn.Module):
+    """The Kandinsky MoVQ: `encode` images in [-1, 1] to latents, `decode` latents back to images."""
+
+    def __init__(self, config, *, operations=torch.nn, dtype=None, device=None):
+        super().__init__()
+        self.config = config
+        ops = LayerFactory(operations, dtype, device)
+        self.encoder = Encoder(config, ops)
+        self.quant_conv = ops.conv(config.latent_channels, config.embed_dim, 1)
+        self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim, ops)
+        self.post_quant_conv = ops.conv(config.embed_dim, config.latent_channels, 1)
+        self.decoder = Decoder(config, ops)
+
+    def encode(self, x):
+        """Image (B, 3, H, W) in [-1, 1] -> unquantized, unscaled latents (B, 4, H/8, W/8) for the real MoVQ."""
+        self._check_image(x)
+        return self.quant_conv(self.encoder(x))
+
+    def decode(self, z, force_not_quantize=True):
+        """Latents -> image in about [-1, 1]; the Kandinsky pipelines never quantize (force_not_quantize=True)."""
+        self._check_latent(z)
+        quant = z if force_not_quantize else self.quantize(z)
+        # SpatialNorm is conditioned on the latent as given, before post_quant_conv.
+        return self.decoder(self.post_quant_conv(quant), quant)
+
+    def _check_image(self, x):
+        c = self.config.in_channels
+        if x.ndim != 4 or x.shape[1] != c:
+            raise KandinskyError(f"MoVQ.encode needs an image tensor of shape (B, {c}, H, W), got "
+                                 f"{tuple(x.shape)}: pass channels-first images with {c} channels.")
+        f = self.config.scale_factor
+        h, w = x.shape[-2:]
+        if h % f or w % f:
+            raise KandinskyError(
+                f"MoVQ.encode got a {h}x{w} (HxW) image, but height and width must be multiples of {f}: "
+                f"resize or crop to {h // f * f or f}x{w // f * f or f} or pad to {-(-h // f) * f}x{-(-w // f) * f}.")
+
+    def _check_latent(self, z):
+        c = self.config.embed_dim
+        if z.ndim != 4 or z.shape[1] != c:
+            raise KandinskyError(f"MoVQ.decode needs latents of shape (B, {c}, h, w), got {tuple(z.shape)}: pass "
+                                 "the latents a Kandinsky decoder or MoVQ.encode produced.")

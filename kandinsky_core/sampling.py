@@ -1,0 +1,22 @@
+"""Pieces every sampling loop shares: reproducible noise and the per-step callback."""
+import torch
+
+from .errors import Cancelled
+
+
+def randn(shape, generator, device, dtype):
+    """Gaussian noise drawn on the generator's device (CPU generators stay reproducible across devices)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def report(callback, i, total, t, latents, denoised):
+    """Call the per-step callback with a dict; its "denoised" is a function giving the x0 estimate when called.
+
+    The callback stops the run by returning False (raising `Cancelled`) or by raising its own exception.
+    """
+    if callback is None:
+        return
+    info = {"step": i, "total": total, "t": int(t), "latents": latents, "denoised": denoised}
+    if callback(info) is False:
+        raise Cancelled(f"cancelled by the callback at step {i + 1} of {total}")

@@ -1,0 +1,114 @@
+"""Tiny random-weight checkpoints in exactly the published kandinsky-community folder layout.
+
+Tests, the ComfyUI suite and `python -m kandinsky_core --tiny` use them to run the real loading code end to end on
+a machine with no weights and no network. The MoVQ here halves three times, like the real one, so latents are 1/8 of
+the image size as in the published models.
+"""
+import json
+import os
+from dataclasses import replace
+
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from . import unet as U
+from .config import to_dict
+from .images import KANDINSKY_CLIP_PREPROCESSOR
+from .movq import MOVQ_TINY, MoVQ
+from .prior import PRIOR_TINY, PriorTransformer
+from .text_encoder import MultilingualCLIP
+from .tiny_tokenizers import (tiny_clip_text_config, tiny_clip_vision_config, tiny_mclip_config, write_clip_tokenizer,
+                              write_xlmr_tokenizer)
+
+MOVQ_TINY8 = replace(MOVQ_TINY, block_out_channels=(32, 32, 64, 64),
+                     down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+                     up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3)
+
+_LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012}
+DDIM_21 = {"_class_name": "DDIMScheduler", **_LINEAR, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+           "prediction_type": "epsilon", "thresholding": False}
+DDPM_21 = {"_class_name": "DDPMScheduler", **_LINEAR, "clip_sample": False, "clip_sample_range": 2.0,
+           "dynamic_thresholding_ratio": 0.995, "prediction_type": "epsilon", "sample_max_value": 2.0,
+           "thresholding": True, "variance_type": "learned_range"}
+DDPM_22 = {"_class_name": "DDPMScheduler", **_LINEAR, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+           "prediction_type": "epsilon", "thresholding": False}
+UNCLIP = {"_class_name": "UnCLIPScheduler", "clip_sample": True, "clip_sample_range": 10.0, "num_train_timesteps": 1000,
+          "prediction_type": "sample", "variance_type": "fixed_small_log"}
+
+DECODERS = {  # repo folder name -> (UNet config, pipeline class, version)
+    "kandinsky-2-1": (U.UNET_21_TINY, "KandinskyPipeline"),
+    "kandinsky-2-1-inpaint": (U.UNET_21_INPAINT_TINY, "KandinskyInpaintPipeline"),
+    "kandinsky-2-2-decoder": (U.UNET_22_TINY, "KandinskyV22Pipeline"),
+    "kandinsky-2-2-decoder-inpaint": (U.UNET_22_INPAINT_TINY, "KandinskyV22InpaintPipeline"),
+    "kandinsky-2-2-controlnet-depth": (U.UNET_22_DEPTH_TINY, "KandinskyV22ControlnetPipeline"),
+}
+PRIORS = {"kandinsky-2-1-prior": "KandinskyPriorPipeline", "kandinsky-2-2-prior": "KandinskyV22PriorPipeline"}
+
+
+def _json(path, d):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(d, f, indent=2)
+
+
+def save_component(model, config_dict, folder, weights="diffusion_pytorch_model.safetensors"):
+    """Write `config.json` and a safetensors weights file, diffusers style."""
+    _json(os.path.join(folder, "config.json"), config_dict)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(folder, weights), metadata={"format": "pt"})
+
+
+def save_single_file(model, config_dict, path):
+    """One safetensors file holding the weights, with the config in its metadata."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, path, metadata={"format": "pt", "config": json.dumps(config_dict)})
+
+
+def _randomize_prior_parameters(prior, generator):
+    """Raw parameters are left uninitialised by the model (loading fills them); give them values."""
+    with torch.no_grad():
+        prior.positional_embedding.copy_(0.02 * torch.randn(prior.positional_embedding.shape, generator=generator))
+        prior.prd_embedding.copy_(0.02 * torch.randn(prior.prd_embedding.shape, generator=generator))
+        prior.clip_mean.copy_(0.1 * torch.randn(prior.clip_mean.shape, generator=generator))
+        prior.clip_std.copy_(1 + 0.1 * torch.rand(prior.clip_std.shape, generator=generator))
+
+
+def write_prior(folder, seed=0):
+    """A tiny prior repo: prior/, text_encoder/, tokenizer/, image_encoder/, image_processor/, scheduler/."""
+    torch.manual_seed(seed)
+    prior = PriorTransformer(PRIOR_TINY)
+    _randomize_prior_parameters(prior, torch.Generator().manual_seed(seed))
+    save_component(prior, to_dict(PRIOR_TINY, "PriorTransformer"), os.path.join(folder, "prior"))
+    CLIPTextModelWithProjection(CLIPTextConfig(**tiny_clip_text_config())).save_pretrained(os.path.join(folder, "text_encoder"))
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_clip_vision_config())).save_pretrained(os.path.join(folder, "image_encoder"))
+    write_clip_tokenizer(os.path.join(folder, "tokenizer"))
+    _json(os.path.join(folder, "image_processor", "preprocessor_config.json"), KANDINSKY_CLIP_PREPROCESSOR)
+    _json(os.path.join(folder, "scheduler", "scheduler_config.json"), UNCLIP)
+    _json(os.path.join(folder, "model_index.json"), {"_class_name": PRIORS.get(os.path.basename(folder), "KandinskyV22PriorPipeline")})
+    return folder
+
+
+def write_decoder(folder, unet_config, seed=0, pipeline_class="KandinskyV22Pipeline"):
+    """A tiny decoder repo: unet/, movq/, scheduler/ (2.1 also text_encoder/, tokenizer/, ddpm_scheduler/)."""
+    torch.manual_seed(seed)
+    save_component(U.UNet(unet_config), to_dict(unet_config, "UNet2DConditionModel"), os.path.join(folder, "unet"))
+    save_component(MoVQ(MOVQ_TINY8), to_dict(MOVQ_TINY8, "VQModel"), os.path.join(folder, "movq"))
+    if unet_config.addition_embed_type == "text_image":
+        mclip = tiny_mclip_config()
+        save_component(MultilingualCLIP(mclip).eval(), mclip, os.path.join(folder, "text_encoder"), "model.safetensors")
+        write_xlmr_tokenizer(os.path.join(folder, "tokenizer"))
+        _json(os.path.join(folder, "scheduler", "scheduler_config.json"), DDIM_21)
+        _json(os.path.join(folder, "ddpm_scheduler", "scheduler_config.json"), DDPM_21)
+    else:
+        _json(os.path.join(folder, "scheduler", "scheduler_config.json"), DDPM_22)
+    _json(os.path.join(folder, "model_index.json"), {"_class_name": pipeline_class})
+    return folder
+
+
+def write_all(root, seed=0):
+    """Every published repo, tiny, under `root` (folder names as on the hub); returns {name: path}."""
+    paths = {name: write_prior(os.path.join(root, name), seed) for name in PRIORS}
+    for name, (config, pipeline_class) in DECODERS.items():
+        paths[name] = write_decoder(os.path.join(root, name), config, seed, pipeline_class)
+    return paths
