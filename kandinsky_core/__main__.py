@@ -12,7 +12,7 @@ import torch
 
 from . import decoder_pipeline, prior_pipeline, tiny
 from .errors import KandinskyError
-from .loading import load_decoder_models, load_prior_models
+from .loading import load_decoder_models, load_prior_models, read_scheduler_config
 from .schedulers import dpm_solver_from
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -79,7 +79,8 @@ def run(args):
     generator = torch.Generator().manual_seed(args.seed)
     emb, neg = prior_pipeline.sample_prior(prior, args.prompt, args.negative_prompt, steps=args.prior_steps,
                                            guidance_scale=args.prior_guidance, generator=generator, callback=progress("prior  "))
-    scheduler = None if args.sampler == "checkpoint" else dpm_solver_from(vars(decoder.scheduler.config), karras=args.sampler == "dpm++karras")
+    karras = args.sampler == "dpm++karras"
+    scheduler = None if args.sampler == "checkpoint" else dpm_solver_from(read_scheduler_config(decoder_dir), karras=karras)
     steps = args.steps or (100 if scheduler is None else 25)
     image = decoder_pipeline.text_to_image(decoder, emb, neg, prompt=args.prompt, negative_prompt=args.negative_prompt,
                                            height=height, width=width, steps=steps, guidance_scale=args.guidance,

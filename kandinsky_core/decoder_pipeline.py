@@ -101,28 +101,30 @@ def _hint(models, hint, batch, cfg, device, dtype):
     return torch.cat([hint, hint]) if cfg else hint
 
 
-def guided_output(out, guidance_scale, learned_variance):
+def guided_output(out, guidance_scale):
     """Classifier-free guidance on ε; the variance channels come from the positive half (as trained)."""
-    if guidance_scale > 1:
-        eps, var = out[:, :4], out[:, 4:]
-        neg, pos = eps.chunk(2)
-        out = torch.cat([neg + guidance_scale * (pos - neg), var.chunk(2)[1]], dim=1)
-    return out if learned_variance else out[:, :4]
+    if guidance_scale <= 1:
+        return out
+    eps, var = out[:, :4], out[:, 4:]
+    neg, pos = eps.chunk(2)
+    return torch.cat([neg + guidance_scale * (pos - neg), var.chunk(2)[1]], dim=1)
 
 
 def denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator=None, callback=None, concat=None, blend=None):
-    """The shared sampling loop: guided UNet, scheduler step, optional inpaint blend, per-step callback."""
-    learned = getattr(scheduler, "variance_type", None) in ("learned", "learned_range")
+    """The shared sampling loop: guided UNet, scheduler step, optional inpaint blend, per-step callback.
+
+    Schedulers get all 8 output channels; only DDPM's learned_range variance uses channels 4-7.
+    """
     cfg = guidance_scale > 1
     for i, t in enumerate(timesteps):
         x = torch.cat([latents] * 2) if cfg else latents
         if concat is not None:
             x = torch.cat([x, concat], dim=1)
-        out = guided_output(models.unet(x, t, **cond), guidance_scale, learned)
+        out = guided_output(models.unet(x, t, **cond), guidance_scale)
         previous, latents = latents, scheduler.step(out, t, latents, generator=generator)
         if blend is not None:
             latents = blend(i, latents)
-        report(callback, i, len(timesteps), t, latents, lambda: scheduler.predict_x0(out[:, :4], t, previous))
+        report(callback, i, len(timesteps), t, latents, lambda: scheduler.predict_x0(out, t, previous))
     return latents
 
 
@@ -147,6 +149,7 @@ def _timesteps(scheduler, steps, strength=1.0):
     if keep < 1:
         raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; raise strength or steps "
                              f"(strength × steps must be at least 1).")
+    scheduler.set_begin_index(steps - keep)
     return timesteps[steps - keep:]
 
 
@@ -218,10 +221,10 @@ def inpaint(models, image_embeds, negative_image_embeds, image, mask, *, prompt=
     keep = images.dilate_hole(F.interpolate(keep.to(device, dtype), init.shape[-2:], mode="nearest"))
     if init.shape[0] not in (1, image_embeds.shape[0]):
         raise KandinskyError(f"{init.shape[0]} images for {image_embeds.shape[0]} embeddings; give one image, or one per embedding.")
-    init = init.expand(image_embeds.shape[0], -1, -1, -1).repeat_interleave(n, dim=0)
-    keep = keep.expand(image_embeds.shape[0], -1, -1, -1).repeat_interleave(n, dim=0)
-    masked, keep_in = (torch.cat([init * keep] * 2), torch.cat([keep] * 2)) if cfg else (init * keep, keep)
-    concat = torch.cat([masked, keep_in], dim=1)  # UNet input: latents, masked-image latents, mask
+    # One image (or mask) for all embeddings stays a single row and broadcasts; several go one per embedding.
+    init, keep = (t if t.shape[0] == 1 else t.repeat_interleave(n, dim=0) for t in (init, keep))
+    concat = torch.cat([(init * keep).expand(shape[0], -1, -1, -1), keep.expand(shape[0], -1, -1, -1)], dim=1)
+    concat = torch.cat([concat] * 2) if cfg else concat  # UNet input after the latents: masked-image latents, mask
     timesteps = _timesteps(scheduler, steps)
     latents = randn(shape, generator, device, dtype) if latents is None else latents.to(device, dtype)
     latents = latents * scheduler.init_noise_sigma

@@ -197,12 +197,12 @@ def _is_pil(x):
 
 def _pil_batch(images, mode, height, width, resample, reducing_gap=None):
     """PIL image(s) → (B, C, height, width) float32 tensor in [0, 1], converted to `mode` then resized."""
-    tensors = []
+    arrays = []
     for image in [images] if isinstance(images, Image.Image) else images:
         image = image.convert(mode).resize((width, height), resample=resample, reducing_gap=reducing_gap)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensors.append(torch.from_numpy(array.reshape(height, width, -1)).permute(2, 0, 1))
-    return torch.stack(tensors)
+        arrays.append((np.asarray(image, dtype=np.float32) / 255.0).reshape(height, width, -1))
+    # Channels-last strides, as diffusers builds them: CPU convolutions round differently on other layouts.
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
 def _as_float(x):

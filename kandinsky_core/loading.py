@@ -260,13 +260,18 @@ def _require(folder, sub, repo_hint):
     return path
 
 
-def load_scheduler(folder, sub="scheduler"):
-    """A scheduler from `<folder>/<sub>/scheduler_config.json`."""
+def read_scheduler_config(folder, sub="scheduler"):
+    """The raw `<folder>/<sub>/scheduler_config.json` dict (defaults left unfilled, as diffusers reads it)."""
     path = os.path.join(folder, sub, "scheduler_config.json")
     if not os.path.isfile(path):
         raise KandinskyError(f"{folder} has no {sub}/scheduler_config.json; copy it from the kandinsky-community repo.")
     with open(path) as f:
-        return scheduler_from_config(json.load(f))
+        return json.load(f)
+
+
+def load_scheduler(folder, sub="scheduler"):
+    """The scheduler `<folder>/<sub>/scheduler_config.json` describes."""
+    return scheduler_from_config(read_scheduler_config(folder, sub))
 
 
 def load_tokenizer(folder, kind):

@@ -168,8 +168,9 @@ class AttnBlock(torch.nn.Module):
 
     def forward(self, x, zq=None):
         b, c, height, width = x.shape
-        h = self.group_norm(x) if zq is None else self.spatial_norm(x, zq)
-        h = h.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        # GroupNorm over the (B, C, H*W) view, as diffusers does: the 3-D kernel rounds differently from the 4-D one.
+        h = self.group_norm(x.flatten(2)) if zq is None else self.spatial_norm(x, zq).flatten(2)
+        h = h.transpose(1, 2)  # (B, H*W, C)
         h = attention.attention(self.to_q(h), self.to_k(h), self.to_v(h), heads=1)
         h = self.to_out[0](h).transpose(1, 2).reshape(b, c, height, width)
         # h first, as in diffusers: the sum then keeps h's channels-last layout, and later GroupNorms round the same.

@@ -117,7 +117,7 @@ def _add_noise(alphas_cumprod, x0, noise, t):
 
 def _split_variance(model_output, sample):
     """(prediction, learned-variance channels or None): the Kandinsky UNet emits epsilon then v in [-1, 1]."""
-    if model_output.ndim == sample.ndim and model_output.shape[1] == 2 * sample.shape[1]:
+    if model_output.shape[1] == 2 * sample.shape[1]:
         return model_output.split(sample.shape[1], dim=1)
     return model_output, None
 
@@ -205,6 +205,14 @@ class _Scheduler:
         """Noise clean samples to timestep t (an int, or a tensor with one timestep per sample)."""
         return _add_noise(self.alphas_cumprod, x0, noise, t)
 
+    def set_begin_index(self, begin_index=0):
+        """Where a shortened (img2img) run starts; only the multistep DPM-Solver needs to know."""
+
+    def predict_x0(self, model_output, t, sample):
+        """The unclipped clean-sample estimate at training timestep t, e.g. for previews; changes no state."""
+        model_output, _ = _split_variance(model_output, sample)
+        return self._x0(model_output, sample, self.alphas_cumprod[int(t)])
+
 
 class DDIMScheduler(_Scheduler):
     """Deterministic DDIM sampling with eta = 0 (Song et al. 2020, arXiv:2010.02502), as diffusers' DDIMScheduler."""
@@ -257,7 +265,8 @@ class DDPMScheduler(_Scheduler):
         kind = self.config.variance_type
         if kind == "learned_range" and v is None:
             raise KandinskyError("DDPMScheduler with variance_type 'learned_range' needs the UNet's full output "
-                                 f"(2 x {sample.shape[1]} channels: epsilon, then variance); got {model_output.shape[1]}.")
+                                 f"(2 x {sample.shape[1]} channels: epsilon, then variance); "
+                                 f"got {model_output.shape[1]}.")
         abar_t = self.alphas_cumprod[t]
         abar_prev = self.alphas_cumprod[prev] if prev >= 0 else self.one
         alpha = abar_t / abar_prev
@@ -378,7 +387,7 @@ class DPMSolverScheduler(_Scheduler):
         return self.timesteps
 
     def _spaced(self, n):
-        """Spaced timesteps; diffusers' DPM solver lays "linspace"/"leading" out over n + 1 points, dropping the last."""
+        """Spaced timesteps; diffusers' DPM lays "linspace"/"leading" out over n + 1 points and drops the last."""
         c = self.config
         if c.timestep_spacing == "trailing":
             return _spaced_timesteps("trailing", n, c.num_train_timesteps, c.steps_offset)
@@ -409,6 +418,9 @@ class DPMSolverScheduler(_Scheduler):
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self._index_for(t)
         i = self._step_index
+        if i >= len(self.timesteps):
+            raise KandinskyError(f"DPMSolverScheduler: all {len(self.timesteps)} steps are taken. A repeated start "
+                                 "timestep is looked up at its second match; call set_begin_index(i) first.")
         model_output, _ = _split_variance(model_output, sample)
         alpha_s, sigma_s, lambda_s = self._alpha_sigma(i)
         x0 = model_output

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from . import schedulers as S
 from . import unet as U
 from .config import to_dict
 from .images import KANDINSKY_CLIP_PREPROCESSOR
@@ -24,17 +25,6 @@ from .tiny_tokenizers import (tiny_clip_text_config, tiny_clip_vision_config, ti
 MOVQ_TINY8 = replace(MOVQ_TINY, block_out_channels=(32, 32, 64, 64),
                      down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
                      up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3)
-
-_LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012}
-DDIM_21 = {"_class_name": "DDIMScheduler", **_LINEAR, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-           "prediction_type": "epsilon", "thresholding": False}
-DDPM_21 = {"_class_name": "DDPMScheduler", **_LINEAR, "clip_sample": False, "clip_sample_range": 2.0,
-           "dynamic_thresholding_ratio": 0.995, "prediction_type": "epsilon", "sample_max_value": 2.0,
-           "thresholding": True, "variance_type": "learned_range"}
-DDPM_22 = {"_class_name": "DDPMScheduler", **_LINEAR, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-           "prediction_type": "epsilon", "thresholding": False}
-UNCLIP = {"_class_name": "UnCLIPScheduler", "clip_sample": True, "clip_sample_range": 10.0, "num_train_timesteps": 1000,
-          "prediction_type": "sample", "variance_type": "fixed_small_log"}
 
 DECODERS = {  # repo folder name -> (UNet config, pipeline class, version)
     "kandinsky-2-1": (U.UNET_21_TINY, "KandinskyPipeline"),
@@ -84,7 +74,7 @@ def write_prior(folder, seed=0):
     CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_clip_vision_config())).save_pretrained(os.path.join(folder, "image_encoder"))
     write_clip_tokenizer(os.path.join(folder, "tokenizer"))
     _json(os.path.join(folder, "image_processor", "preprocessor_config.json"), KANDINSKY_CLIP_PREPROCESSOR)
-    _json(os.path.join(folder, "scheduler", "scheduler_config.json"), UNCLIP)
+    _json(os.path.join(folder, "scheduler", "scheduler_config.json"), S.KANDINSKY_PRIOR_UNCLIP)
     _json(os.path.join(folder, "model_index.json"), {"_class_name": PRIORS.get(os.path.basename(folder), "KandinskyV22PriorPipeline")})
     return folder
 
@@ -98,10 +88,10 @@ def write_decoder(folder, unet_config, seed=0, pipeline_class="KandinskyV22Pipel
         mclip = tiny_mclip_config()
         save_component(MultilingualCLIP(mclip).eval(), mclip, os.path.join(folder, "text_encoder"), "model.safetensors")
         write_xlmr_tokenizer(os.path.join(folder, "tokenizer"))
-        _json(os.path.join(folder, "scheduler", "scheduler_config.json"), DDIM_21)
-        _json(os.path.join(folder, "ddpm_scheduler", "scheduler_config.json"), DDPM_21)
+        _json(os.path.join(folder, "scheduler", "scheduler_config.json"), S.KANDINSKY_2_1_DDIM)
+        _json(os.path.join(folder, "ddpm_scheduler", "scheduler_config.json"), S.KANDINSKY_2_1_DDPM)
     else:
-        _json(os.path.join(folder, "scheduler", "scheduler_config.json"), DDPM_22)
+        _json(os.path.join(folder, "scheduler", "scheduler_config.json"), S.KANDINSKY_2_2_DDPM)
     _json(os.path.join(folder, "model_index.json"), {"_class_name": pipeline_class})
     return folder
 

@@ -165,7 +165,7 @@ class AddedKVAttention(nn.Module):
 
     def forward(self, x, context):
         b, c, h, w = x.shape
-        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        tokens = self.group_norm(x.flatten(2)).transpose(1, 2)  # (B, HW, C); the 3-D norm matches diffusers bit for bit
         k = torch.cat([self.add_k_proj(context), self.to_k(tokens)], dim=1)  # context first, as trained
         v = torch.cat([self.add_v_proj(context), self.to_v(tokens)], dim=1)
         out = self.to_out[0](attention.attention(self.to_q(tokens), k, v, self.heads))

@@ -59,6 +59,7 @@ def decoder_pair(unet_config, scheduler_config, tmp_path, movq_config=MOVQ_TINY)
         torch.manual_seed(0)
         cfg = tiny_mclip_config()
         mclip = TheirMCLIP(MCLIPConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})).eval()
+        mclip.transformer.set_attn_implementation("sdpa")  # diffusers' wrapper defaults to eager: same math, other rounding
         folder = write_xlmr_tokenizer(str(tmp_path / "xlmr"))
         theirs["text_encoder"] = mclip
         theirs["tokenizer"] = XLMRobertaTokenizerFast.from_pretrained(folder)
@@ -81,7 +82,7 @@ def prior_pair(tmp_path):
     image = CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_clip_vision_config())).eval()
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(str(tmp_path / "clip")))
     theirs = {"prior": prior.eval(), "text_encoder": text, "image_encoder": image, "tokenizer": tokenizer,
-              "image_processor": CLIPImageProcessorPil(**KANDINSKY_CLIP_PREPROCESSOR), "scheduler": their_scheduler(tiny.UNCLIP)}
+              "image_processor": CLIPImageProcessorPil(**KANDINSKY_CLIP_PREPROCESSOR), "scheduler": their_scheduler(schedulers.KANDINSKY_PRIOR_UNCLIP)}
     ours = PriorModels(copy_of(PriorTransformer(PRIOR_TINY), prior), text, tokenizer, image, KANDINSKY_CLIP_PREPROCESSOR,
-                       schedulers.scheduler_from_config(tiny.UNCLIP))
+                       schedulers.scheduler_from_config(schedulers.KANDINSKY_PRIOR_UNCLIP))
     return theirs, ours

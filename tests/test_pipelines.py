@@ -6,6 +6,7 @@ import torch
 import diffusers
 from kandinsky_core import decoder_pipeline as D
 from kandinsky_core import prior_pipeline as P
+from kandinsky_core import schedulers as S
 from kandinsky_core import tiny
 from kandinsky_core import unet as U
 from oracle import decoder_pair, floats, prior_pair, random_image
@@ -13,8 +14,10 @@ from kandinsky_core.movq import MOVQ_TINY
 
 TOL = 1e-4
 STEPS = 4
-DDIM_OFFSET0 = {**tiny.DDIM_21, "steps_offset": 0}
-DDPM_CLIP = {**tiny.DDPM_22, "clip_sample": True}
+DDIM_21, DDPM_21, UNCLIP = S.KANDINSKY_2_1_DDIM, S.KANDINSKY_2_1_DDPM, S.KANDINSKY_PRIOR_UNCLIP
+DDPM_22 = {**S.KANDINSKY_2_2_DDPM, "clip_sample": False}  # the original upload and decoder-inpaint's
+DDPM_CLIP = S.KANDINSKY_2_2_DDPM
+DDIM_OFFSET0 = {**DDIM_21, "steps_offset": 0}
 
 
 def gen(seed=0):
@@ -30,11 +33,11 @@ def max_diff(a, b):
 
 
 DECODER_CASES = {  # name: (UNet config, scheduler config, MoVQ config)
-    "2.2-ddpm": (U.UNET_22_TINY, tiny.DDPM_22, MOVQ_TINY),
+    "2.2-ddpm": (U.UNET_22_TINY, DDPM_22, MOVQ_TINY),
     "2.2-ddpm-clip": (U.UNET_22_TINY, DDPM_CLIP, MOVQ_TINY),
-    "2.2-ddim": (U.UNET_22_TINY, tiny.DDIM_21, MOVQ_TINY),
-    "2.1-ddim": (U.UNET_21_TINY, tiny.DDIM_21, MOVQ_TINY),
-    "2.1-ddpm-learned": (U.UNET_21_TINY, tiny.DDPM_21, MOVQ_TINY),
+    "2.2-ddim": (U.UNET_22_TINY, DDIM_21, MOVQ_TINY),
+    "2.1-ddim": (U.UNET_21_TINY, DDIM_21, MOVQ_TINY),
+    "2.1-ddpm-learned": (U.UNET_21_TINY, DDPM_21, MOVQ_TINY),
 }
 
 
@@ -59,7 +62,7 @@ def test_text_to_image(case, tmp_path):
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_batch_and_images_per_prompt(version, tmp_path):
     config = U.UNET_21_TINY if version == "2.1" else U.UNET_22_TINY
-    theirs, ours = decoder_pair(config, tiny.DDPM_22, tmp_path)
+    theirs, ours = decoder_pair(config, DDPM_22, tmp_path)
     pos, neg = embeds(config.image_embed_dim, batch=2)
     kw = dict(height=64, width=64, guidance_scale=3.0, num_images_per_prompt=2, output_type="np")
     if version == "2.1":
@@ -75,7 +78,7 @@ def test_batch_and_images_per_prompt(version, tmp_path):
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_image_to_image(version, tmp_path):
     config = U.UNET_21_TINY if version == "2.1" else U.UNET_22_TINY
-    theirs, ours = decoder_pair(config, DDIM_OFFSET0 if version == "2.1" else tiny.DDPM_22, tmp_path)
+    theirs, ours = decoder_pair(config, DDIM_OFFSET0 if version == "2.1" else DDPM_22, tmp_path)
     pos, neg = embeds(config.image_embed_dim)
     image = random_image(64)
     kw = dict(height=64, width=64, strength=0.5, output_type="np", guidance_scale=4.0)
@@ -91,7 +94,7 @@ def test_image_to_image(version, tmp_path):
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_inpaint(version, tmp_path):
     config = U.UNET_21_INPAINT_TINY if version == "2.1" else U.UNET_22_INPAINT_TINY
-    theirs, ours = decoder_pair(config, tiny.DDIM_21 if version == "2.1" else tiny.DDPM_22, tmp_path)
+    theirs, ours = decoder_pair(config, DDIM_21 if version == "2.1" else DDPM_22, tmp_path)
     pos, neg = embeds(config.image_embed_dim)
     image = random_image(64)
     mask = np.zeros((64, 64), np.float32)
@@ -108,17 +111,17 @@ def test_inpaint(version, tmp_path):
 
 @pytest.mark.parametrize("mode", ["t2i", "i2i"])
 def test_depth(mode, tmp_path):
-    theirs, ours = decoder_pair(U.UNET_22_DEPTH_TINY, tiny.DDPM_22, tmp_path, tiny.MOVQ_TINY8)
+    theirs, ours = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp_path, tiny.MOVQ_TINY8)
     pos, neg = embeds(32)
     hint = floats((1, 3, 64, 64), 0)
-    kw = dict(height=64, width=64, output_type="np", guidance_scale=4.0, generator=gen())
+    kw = dict(height=64, width=64, output_type="np", guidance_scale=4.0)
     if mode == "t2i":
-        expected = diffusers.KandinskyV22ControlnetPipeline(**theirs)(pos, neg, hint, num_inference_steps=STEPS, **kw).images
-        got = D.text_to_image(ours, pos, neg, hint=hint, steps=STEPS, **kw)
+        expected = diffusers.KandinskyV22ControlnetPipeline(**theirs)(pos, neg, hint, num_inference_steps=STEPS, generator=gen(), **kw).images
+        got = D.text_to_image(ours, pos, neg, hint=hint, steps=STEPS, generator=gen(), **kw)
     else:
         image = random_image(64)
-        expected = diffusers.KandinskyV22ControlnetImg2ImgPipeline(**theirs)(pos, image, neg, hint, num_inference_steps=6, strength=0.5, **kw).images
-        got = D.image_to_image(ours, pos, neg, image, hint=hint, steps=6, strength=0.5, **kw)
+        expected = diffusers.KandinskyV22ControlnetImg2ImgPipeline(**theirs)(pos, image, neg, hint, num_inference_steps=6, strength=0.5, generator=gen(), **kw).images
+        got = D.image_to_image(ours, pos, neg, image, hint=hint, steps=6, strength=0.5, generator=gen(), **kw)
     assert max_diff(got, expected) < TOL
 
 

