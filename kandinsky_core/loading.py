@@ -179,7 +179,7 @@ def movq_config_from_shapes(shapes):
     down = tuple("AttnDownEncoderBlock2D" if f"encoder.down_blocks.{i}.attentions.0.to_q.weight" in shapes else "DownEncoderBlock2D" for i in range(n))
     up = tuple("AttnUpDecoderBlock2D" if f"decoder.up_blocks.{i}.attentions.0.to_q.weight" in shapes else "UpDecoderBlock2D" for i in range(n))
     codes, dim = shapes["quantize.embedding.weight"]
-    return MoVQConfig(block_out_channels=ch, down_block_types=down, up_block_types=up,
+    return MoVQConfig(block_out_channels=ch, down_block_types=down, up_block_types=up, norm_type="spatial",
                       layers_per_block=_count(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
                       latent_channels=shapes["quant_conv.weight"][0], num_vq_embeddings=codes, vq_embed_dim=dim,
                       in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0])

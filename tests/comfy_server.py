@@ -92,7 +92,7 @@ class ComfyServer:
     def start(self, timeout=120):
         """Launch the server and block until GET /system_stats answers; raise with the log tail if it does not."""
         if not (self.comfyui_dir / "main.py").is_file():
-            raise FileNotFoundError(f"no ComfyUI at {self.comfyui_dir}: run tools/install_comfyui.sh or set COMFYUI_DIR")
+            raise FileNotFoundError(f"no ComfyUI in {self.comfyui_dir}: run tools/install_comfyui.sh or set COMFYUI_DIR")
         self._prepare_base_dir()
         self.port = _free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", **self.env}
@@ -105,7 +105,8 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.process.returncode} during startup\n{self.log_tail()}")
+                code = self.process.returncode
+                raise RuntimeError(f"ComfyUI exited with code {code} during startup\n{self.log_tail()}")
             try:
                 self._request("GET", "/system_stats", timeout=2)
                 return self
@@ -204,20 +205,20 @@ class Listener:
         self._aiohttp = aiohttp
         self.messages = []
         self._changed = threading.Condition()
-        self._connected = threading.Event()
+        self._ready = threading.Event()  # set once connected, or once connecting has failed
         self._error = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._read(url),), daemon=True)
         self._thread.start()
-        if not self._connected.wait(timeout):
+        if not self._ready.wait(timeout) or self._error is not None:
             self.close()
-            raise TimeoutError(f"websocket {url} did not connect within {timeout}s: {self._error!r}")
+            raise ConnectionError(f"websocket {url} did not connect within {timeout}s: {self._error!r}")
 
     async def _read(self, url):
         try:
             async with self._aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
                 self._ws = ws
-                self._connected.set()
+                self._ready.set()
                 async for msg in ws:
                     if msg.type == self._aiohttp.WSMsgType.TEXT:
                         with self._changed:
@@ -226,6 +227,7 @@ class Listener:
         except Exception as err:  # reported by wait_for/close: a background thread has nowhere to raise to
             self._error = err
         finally:
+            self._ready.set()
             with self._changed:
                 self._changed.notify_all()
 

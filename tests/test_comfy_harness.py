@@ -12,7 +12,10 @@ from comfy_server import PromptError
 def empty_image_prompt(width, height, prefix):
     """EmptyImage -> SaveImage: needs no model files."""
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0xFF8000}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0xFF8000},
+        },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
 

@@ -100,4 +100,4 @@ patched = "_has_ops() else (lambda fn: fn)" in registrations.read_text()
 print(m.version("torchvision") + (", C++ ops unavailable" if patched else ""))
 EOF
 )
-echo "ComfyUI $COMFY_VERSION ready in $comfy (torch $torch_version, torchvision $tv_version) after $((SECONDS - start))s"
+echo "ComfyUI $COMFY_VERSION in $comfy (torch $torch_version, torchvision $tv_version), $((SECONDS - start))s"
