@@ -40,7 +40,7 @@ def _free_port():
 
 
 def _die_with_parent():
-    # Linux only: the kernel sends SIGTERM to the server if the test process dies without running atexit.
+    # Linux only: the kernel sends SIGTERM to the server if the thread that started it dies (even without atexit).
     import ctypes
 
     pr_set_pdeathsig = 1
@@ -92,7 +92,8 @@ class ComfyServer:
     def start(self, timeout=120):
         """Launch the server and block until GET /system_stats answers; raise with the log tail if it does not."""
         if not (self.comfyui_dir / "main.py").is_file():
-            raise FileNotFoundError(f"no ComfyUI in {self.comfyui_dir}: run tools/install_comfyui.sh or set COMFYUI_DIR")
+            hint = "run tools/install_comfyui.sh, or set COMFYUI_DIR"
+            raise FileNotFoundError(f"no ComfyUI in {self.comfyui_dir}: {hint}")
         self._prepare_base_dir()
         self.port = _free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", **self.env}
@@ -207,6 +208,7 @@ class Listener:
         self._changed = threading.Condition()
         self._ready = threading.Event()  # set once connected, or once connecting has failed
         self._error = None
+        self._ws = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._read(url),), daemon=True)
         self._thread.start()
@@ -255,9 +257,8 @@ class Listener:
 
     def close(self):
         """Close the websocket and stop the reader thread."""
-        ws = getattr(self, "_ws", None)
-        if ws is not None and self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(ws.close(), self._loop).result(timeout=5)
+        if self._ws is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop).result(timeout=5)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self._loop.close()
