@@ -154,21 +154,72 @@ def _timesteps(scheduler, steps, strength=1.0):
 
 
 @torch.no_grad()
+def sample_text_to_image(models, cond, shape, *, steps=100, guidance_scale=4.0, generator=None, latents=None,
+                         scheduler=None, callback=None):
+    """Latents from noise of `shape`, given `conditioning(...)`: the text-to-image (and depth) loop."""
+    scheduler = scheduler or models.scheduler
+    device, dtype = _device_dtype(models)
+    timesteps = _timesteps(scheduler, steps)
+    if latents is None:
+        latents = randn(shape, generator, device, dtype)
+    elif tuple(latents.shape) != tuple(shape):
+        raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
+    latents = latents.to(device, dtype) * scheduler.init_noise_sigma
+    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+
+
+@torch.no_grad()
+def sample_image_to_image(models, cond, init, *, strength=0.3, steps=100, guidance_scale=4.0, generator=None,
+                          scheduler=None, callback=None):
+    """Latents re-drawn from MoVQ latents `init` (one row per output image), noised according to `strength`."""
+    scheduler = scheduler or models.scheduler
+    timesteps = _timesteps(scheduler, steps, strength)
+    noise = randn(init.shape, generator, init.device, init.dtype)
+    if models.version == "2.1":  # 2.1 noises with its training-time schedule at a strength-derived timestep
+        t = torch.full((init.shape[0],), int(1000 * strength) - 2, dtype=torch.long)
+        latents = add_noise_kandinsky21_img2img(init * scheduler.init_noise_sigma, noise, t)
+    else:
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
+    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+
+
+def _require_inpainting(models):
+    if models.unet.config.in_channels != 9:
+        raise KandinskyError(f"Inpainting needs an inpainting decoder (kandinsky-2-x-inpaint); this one is {models.unet.config.variant}.")
+
+
+def latent_keep_mask(keep, size):
+    """A pixel keep-mask (1 = keep) brought to latent `size`, its hole grown by one latent pixel as trained."""
+    return images.dilate_hole(F.interpolate(keep, size, mode="nearest"))
+
+
+@torch.no_grad()
+def sample_inpaint(models, cond, init, keep, shape, *, steps=100, guidance_scale=4.0, generator=None, latents=None,
+                   scheduler=None, callback=None):
+    """Latents of `shape` that repaint where the latent `keep` mask is 0; `init` and `keep` have 1 row or one per output."""
+    _require_inpainting(models)
+    scheduler = scheduler or models.scheduler
+    device, dtype = _device_dtype(models)
+    init, keep = init.to(device, dtype), keep.to(device, dtype)
+    concat = torch.cat([(init * keep).expand(shape[0], -1, -1, -1), keep.expand(shape[0], -1, -1, -1)], dim=1)
+    concat = torch.cat([concat] * 2) if guidance_scale > 1 else concat  # after the latents: masked-image latents, mask
+    timesteps = _timesteps(scheduler, steps)
+    latents = randn(shape, generator, device, dtype) if latents is None else latents.to(device, dtype)
+    latents = latents * scheduler.init_noise_sigma
+    blend = None if models.version == "2.1" else _blend(scheduler, init, keep, latents.clone(), timesteps)
+    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback, concat, blend)
+    return latents if models.version == "2.1" else keep * init + (1 - keep) * latents
+
+
+@torch.no_grad()
 def text_to_image(models, image_embeds, negative_image_embeds=None, *, prompt=None, negative_prompt=None, hint=None,
                   height=512, width=512, steps=100, guidance_scale=4.0, num_images_per_prompt=1, generator=None,
                   latents=None, scheduler=None, output_type="pil", callback=None):
     """Images from CLIP image embeddings (2.1 also takes the prompt; the 2.2 depth decoder a hint)."""
-    scheduler = scheduler or models.scheduler
-    device, dtype = _device_dtype(models)
     cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, num_images_per_prompt, guidance_scale, hint)
     shape = _latent_shape(models, image_embeds.shape[0] * num_images_per_prompt, height, width)
-    timesteps = _timesteps(scheduler, steps)
-    if latents is None:
-        latents = randn(shape, generator, device, dtype)
-    elif tuple(latents.shape) != shape:
-        raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {shape}.")
-    latents = latents.to(device, dtype) * scheduler.init_noise_sigma
-    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+    latents = sample_text_to_image(models, cond, shape, steps=steps, guidance_scale=guidance_scale, generator=generator,
+                                   latents=latents, scheduler=scheduler, callback=callback)
     return finish(models, latents, output_type)
 
 
@@ -185,22 +236,14 @@ def image_to_image(models, image_embeds, negative_image_embeds, image, *, streng
                    hint=None, height=512, width=512, steps=100, guidance_scale=None, num_images_per_prompt=1,
                    generator=None, scheduler=None, output_type="pil", callback=None):
     """Re-draw `image` guided by the embeddings; `strength` 1 ignores the image, small values keep it."""
-    scheduler = scheduler or models.scheduler
     guidance_scale = guidance_scale if guidance_scale is not None else (7.0 if models.version == "2.1" else 4.0)
     cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, num_images_per_prompt, guidance_scale, hint)
     init = encode_image(models, image, height, width, num_images_per_prompt)
-    batch = image_embeds.shape[0] * num_images_per_prompt
-    if init.shape[0] != batch:
+    if init.shape[0] != image_embeds.shape[0] * num_images_per_prompt:
         raise KandinskyError(f"{init.shape[0] // num_images_per_prompt} input images for {image_embeds.shape[0]} embeddings; "
                              "give one image per embedding.")
-    timesteps = _timesteps(scheduler, steps, strength)
-    noise = randn(init.shape, generator, init.device, init.dtype)
-    if models.version == "2.1":  # 2.1 noises with its training-time schedule at a strength-derived timestep
-        t = torch.full((batch,), int(1000 * strength) - 2, dtype=torch.long)
-        latents = add_noise_kandinsky21_img2img(init * scheduler.init_noise_sigma, noise, t)
-    else:
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
-    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+    latents = sample_image_to_image(models, cond, init, strength=strength, steps=steps, guidance_scale=guidance_scale,
+                                    generator=generator, scheduler=scheduler, callback=callback)
     return finish(models, latents, output_type)
 
 
@@ -209,29 +252,20 @@ def inpaint(models, image_embeds, negative_image_embeds, image, mask, *, prompt=
             width=512, steps=100, guidance_scale=4.0, num_images_per_prompt=1, generator=None, latents=None,
             scheduler=None, output_type="pil", callback=None):
     """Repaint the white (1) part of `mask` in `image`, keeping the black (0) part."""
-    if models.unet.config.in_channels != 9:
-        raise KandinskyError(f"Inpainting needs an inpainting decoder (kandinsky-2-x-inpaint); this one is {models.unet.config.variant}.")
-    scheduler = scheduler or models.scheduler
+    _require_inpainting(models)
     device, dtype = _device_dtype(models)
-    n, cfg = num_images_per_prompt, guidance_scale > 1
+    n = num_images_per_prompt
     cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, n, guidance_scale)
     shape = _latent_shape(models, image_embeds.shape[0] * n, height, width)
     keep, pixels = images.prepare_mask_and_masked_image(image, mask, height, width)
     init = models.movq.encode(pixels.to(device, dtype))
-    keep = images.dilate_hole(F.interpolate(keep.to(device, dtype), init.shape[-2:], mode="nearest"))
+    keep = latent_keep_mask(keep.to(device, dtype), init.shape[-2:])
     if init.shape[0] not in (1, image_embeds.shape[0]):
         raise KandinskyError(f"{init.shape[0]} images for {image_embeds.shape[0]} embeddings; give one image, or one per embedding.")
     # One image (or mask) for all embeddings stays a single row and broadcasts; several go one per embedding.
     init, keep = (t if t.shape[0] == 1 else t.repeat_interleave(n, dim=0) for t in (init, keep))
-    concat = torch.cat([(init * keep).expand(shape[0], -1, -1, -1), keep.expand(shape[0], -1, -1, -1)], dim=1)
-    concat = torch.cat([concat] * 2) if cfg else concat  # UNet input after the latents: masked-image latents, mask
-    timesteps = _timesteps(scheduler, steps)
-    latents = randn(shape, generator, device, dtype) if latents is None else latents.to(device, dtype)
-    latents = latents * scheduler.init_noise_sigma
-    blend = None if models.version == "2.1" else _blend(scheduler, init, keep, latents.clone(), timesteps)
-    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback, concat, blend)
-    if models.version != "2.1":
-        latents = keep * init + (1 - keep) * latents
+    latents = sample_inpaint(models, cond, init, keep, shape, steps=steps, guidance_scale=guidance_scale, generator=generator,
+                             latents=latents, scheduler=scheduler, callback=callback)
     return finish(models, latents, output_type)
 
 
