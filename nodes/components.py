@@ -1,0 +1,64 @@
+"""The prior and the MoVQ as ComfyUI-managed objects: each torch module sits behind a ModelPatcher."""
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import torch
+
+from ..kandinsky_core import loading
+
+
+class Prior:
+    """The KANDINSKY2_PRIOR value: the core `PriorModels` plus one patcher per network."""
+
+    def __init__(self, models, load_device, offload_device):
+        self.models = models
+        self.patchers = [comfy.model_patcher.ModelPatcher(m, load_device=load_device, offload_device=offload_device)
+                         for m in (models.prior, models.text_encoder, models.image_encoder)]
+
+    @property
+    def version(self):
+        """'2.1' or '2.2', from the embedding width."""
+        return "2.1" if self.models.embedding_dim == 768 else "2.2"
+
+    def ready(self):
+        """Load the networks onto the compute device through ComfyUI's memory manager; returns the core models."""
+        mm.load_models_gpu(self.patchers)
+        return self.models
+
+
+class MoVQ:
+    """The KANDINSKY2_MOVQ value: the core MoVQ behind a patcher."""
+
+    def __init__(self, model, load_device, offload_device):
+        self.model = model
+        self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+    @property
+    def dtype(self):
+        """Weight dtype."""
+        return next(self.model.parameters()).dtype
+
+    def ready(self, memory_required=0):
+        """Load onto the compute device (making room for `memory_required` bytes of activations); returns the MoVQ."""
+        mm.load_models_gpu([self.patcher], memory_required=memory_required)
+        return self.model
+
+
+def _dtype(device, preferred):
+    return torch.float32 if mm.is_device_cpu(device) else preferred
+
+
+def load_prior(path):
+    """A prior repo folder as a `Prior`, weights kept on the offload device until used."""
+    device, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
+    dtype = _dtype(device, mm.text_encoder_dtype(device))
+    models = loading.load_prior_models(path, dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
+    return Prior(models, device, offload)
+
+
+def load_movq(path):
+    """A MoVQ (repo folder, movq/ folder or single file) as a `MoVQ`."""
+    device, offload = mm.vae_device(), mm.vae_offload_device()
+    dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float32])
+    model = loading.load_component(path, "movq", dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
+    return MoVQ(model, device, offload)

@@ -1,0 +1,66 @@
+"""Where the pack finds checkpoints: ComfyUI's `models/kandinsky` folder (plus extra_model_paths.yaml entries)."""
+import json
+import os
+
+import folder_paths
+
+from ..kandinsky_core.errors import KandinskyError
+
+FOLDER = "kandinsky"
+WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt")
+REPO_MARKERS = {"prior": ("prior",), "decoder": ("unet",), "movq": ("movq",)}
+
+
+def register():
+    """Make `models/kandinsky` a ComfyUI model folder, filtered to weight files (users may add more paths in yaml)."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
+    os.makedirs(default, exist_ok=True)
+
+
+def _is_depth_model(folder):
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        architectures = json.load(f).get("architectures") or []
+    return any(a.endswith("ForDepthEstimation") for a in architectures)
+
+
+def _matches(folder, kind):
+    if kind == "depth":
+        return _is_depth_model(folder)
+    return any(os.path.isdir(os.path.join(folder, m)) for m in REPO_MARKERS[kind])
+
+
+def entries(kind):
+    """Loader choices for `kind` ('prior', 'decoder', 'movq' or 'depth'): matching folders, then lone weight files."""
+    folders, files = set(), set()
+    for root in folder_paths.get_folder_paths(FOLDER):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            if rel != "." and _matches(dirpath, kind):
+                folders.add(rel + "/")
+            if rel != "." and any(_matches(dirpath, k) for k in ("prior", "decoder", "movq", "depth")):
+                dirnames[:] = []  # the parts of a checkpoint folder are not offered on their own
+                continue
+            if kind != "depth":
+                files.update(os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
+                             for f in filenames if f.lower().endswith(WEIGHT_EXTENSIONS))
+    return sorted(folders) + sorted(files)
+
+
+def resolve(name):
+    """The absolute path of a loader choice, refusing anything outside the kandinsky model folders."""
+    roots = folder_paths.get_folder_paths(FOLDER)
+    for root in roots:
+        root = os.path.realpath(root)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, path]) != root:
+            raise KandinskyError(f"'{name}' points outside the Kandinsky model folders ({', '.join(roots)}); "
+                                 "pick a checkpoint from the list.")
+        if os.path.exists(path):
+            return path
+    raise KandinskyError(f"'{name}' was not found in {', '.join(roots)}; put the checkpoint there (see the pack's README) "
+                         "and refresh the node list.")
