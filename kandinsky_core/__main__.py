@@ -45,11 +45,10 @@ def parse_args(argv=None):
 def tiny_folders(version):
     """Write tiny checkpoints into a temporary folder; return (prior, decoder) paths."""
     root = tempfile.mkdtemp(prefix="kandinsky-tiny-")
-    if version == "2.1":
-        return tiny.write_prior(os.path.join(root, "kandinsky-2-1-prior")), tiny.write_decoder(
-            os.path.join(root, "kandinsky-2-1"), tiny.U.UNET_21_TINY, pipeline_class="KandinskyPipeline")
-    return tiny.write_prior(os.path.join(root, "kandinsky-2-2-prior")), tiny.write_decoder(
-        os.path.join(root, "kandinsky-2-2-decoder"), tiny.U.UNET_22_TINY)
+    name = "kandinsky-2-1" if version == "2.1" else "kandinsky-2-2-decoder"
+    config, pipeline_class = tiny.DECODERS[name]
+    prior = tiny.write_prior(os.path.join(root, f"kandinsky-{version.replace('.', '-')}-prior"), version=version)
+    return prior, tiny.write_decoder(os.path.join(root, name), config, pipeline_class=pipeline_class)
 
 
 def progress(label):

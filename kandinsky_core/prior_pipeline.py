@@ -30,6 +30,11 @@ class PriorModels:
         """768 for Kandinsky 2.1, 1280 for 2.2."""
         return self.prior.config.embedding_dim
 
+    @property
+    def version(self):
+        """'2.1' (OpenAI CLIP ViT-L/14, quick_gelu) or '2.2' (LAION ViT-bigG/14, gelu), read from the image tower."""
+        return "2.1" if self.image_encoder.config.hidden_act == "quick_gelu" else "2.2"
+
 
 def _as_list(prompt, name):
     if isinstance(prompt, str):

@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection,
+                          DPTConfig, DPTForDepthEstimation)
 
 from . import schedulers as S
 from . import unet as U
@@ -26,14 +27,17 @@ MOVQ_TINY8 = replace(MOVQ_TINY, block_out_channels=(32, 32, 64, 64),
                      down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
                      up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3)
 
-DECODERS = {  # repo folder name -> (UNet config, pipeline class, version)
+# The tiny 2.2 parts use 48-dim embeddings (2.1: 32), so mixing versions fails as it does with the real 768/1280.
+TINY_DIMS = {"2.1": 32, "2.2": 48}
+_22 = {"encoder_hid_dim": TINY_DIMS["2.2"]}
+DECODERS = {  # repo folder name -> (UNet config, pipeline class)
     "kandinsky-2-1": (U.UNET_21_TINY, "KandinskyPipeline"),
     "kandinsky-2-1-inpaint": (U.UNET_21_INPAINT_TINY, "KandinskyInpaintPipeline"),
-    "kandinsky-2-2-decoder": (U.UNET_22_TINY, "KandinskyV22Pipeline"),
-    "kandinsky-2-2-decoder-inpaint": (U.UNET_22_INPAINT_TINY, "KandinskyV22InpaintPipeline"),
-    "kandinsky-2-2-controlnet-depth": (U.UNET_22_DEPTH_TINY, "KandinskyV22ControlnetPipeline"),
+    "kandinsky-2-2-decoder": (replace(U.UNET_22_TINY, **_22), "KandinskyV22Pipeline"),
+    "kandinsky-2-2-decoder-inpaint": (replace(U.UNET_22_INPAINT_TINY, **_22), "KandinskyV22InpaintPipeline"),
+    "kandinsky-2-2-controlnet-depth": (replace(U.UNET_22_DEPTH_TINY, **_22), "KandinskyV22ControlnetPipeline"),
 }
-PRIORS = {"kandinsky-2-1-prior": "KandinskyPriorPipeline", "kandinsky-2-2-prior": "KandinskyV22PriorPipeline"}
+PRIORS = {"kandinsky-2-1-prior": ("2.1", "KandinskyPriorPipeline"), "kandinsky-2-2-prior": ("2.2", "KandinskyV22PriorPipeline")}
 
 
 def _json(path, d):
@@ -64,18 +68,27 @@ def _randomize_prior_parameters(prior, generator):
         prior.clip_std.copy_(1 + 0.1 * torch.rand(prior.clip_std.shape, generator=generator))
 
 
-def write_prior(folder, seed=0):
-    """A tiny prior repo: prior/, text_encoder/, tokenizer/, image_encoder/, image_processor/, scheduler/."""
+def write_prior(folder, seed=0, version="2.2"):
+    """A tiny prior repo: prior/, text_encoder/, tokenizer/, image_encoder/, image_processor/, scheduler/.
+
+    As in the published priors, 2.1's CLIP towers use quick_gelu (OpenAI ViT-L/14) and 2.2's gelu (LAION ViT-bigG/14).
+    """
+    dim, act = TINY_DIMS[version], "quick_gelu" if version == "2.1" else "gelu"
+    config = replace(PRIOR_TINY, embedding_dim=dim)
     torch.manual_seed(seed)
-    prior = PriorTransformer(PRIOR_TINY)
+    prior = PriorTransformer(config)
     _randomize_prior_parameters(prior, torch.Generator().manual_seed(seed))
-    save_component(prior, to_dict(PRIOR_TINY, "PriorTransformer"), os.path.join(folder, "prior"))
-    CLIPTextModelWithProjection(CLIPTextConfig(**tiny_clip_text_config())).save_pretrained(os.path.join(folder, "text_encoder"))
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_clip_vision_config())).save_pretrained(os.path.join(folder, "image_encoder"))
+    save_component(prior, to_dict(config, "PriorTransformer"), os.path.join(folder, "prior"))
+    # The prior reads the text tower's hidden states too, so that tower is as wide as the embedding (as published).
+    towers = ((CLIPTextModelWithProjection, CLIPTextConfig, {**tiny_clip_text_config(), "hidden_size": dim}, "text_encoder"),
+              (CLIPVisionModelWithProjection, CLIPVisionConfig, tiny_clip_vision_config(), "image_encoder"))
+    for model_cls, config_cls, kwargs, sub in towers:
+        model_cls(config_cls(**{**kwargs, "projection_dim": dim, "hidden_act": act})).save_pretrained(os.path.join(folder, sub))
     write_clip_tokenizer(os.path.join(folder, "tokenizer"))
     _json(os.path.join(folder, "image_processor", "preprocessor_config.json"), KANDINSKY_CLIP_PREPROCESSOR)
     _json(os.path.join(folder, "scheduler", "scheduler_config.json"), S.KANDINSKY_PRIOR_UNCLIP)
-    _json(os.path.join(folder, "model_index.json"), {"_class_name": PRIORS.get(os.path.basename(folder), "KandinskyV22PriorPipeline")})
+    pipeline = "KandinskyPriorPipeline" if version == "2.1" else "KandinskyV22PriorPipeline"
+    _json(os.path.join(folder, "model_index.json"), {"_class_name": pipeline})
     return folder
 
 
@@ -98,7 +111,29 @@ def write_decoder(folder, unet_config, seed=0, pipeline_class="KandinskyV22Pipel
 
 def write_all(root, seed=0):
     """Every published repo, tiny, under `root` (folder names as on the hub); returns {name: path}."""
-    paths = {name: write_prior(os.path.join(root, name), seed) for name in PRIORS}
+    paths = {name: write_prior(os.path.join(root, name), seed, version) for name, (version, _) in PRIORS.items()}
     for name, (config, pipeline_class) in DECODERS.items():
         paths[name] = write_decoder(os.path.join(root, name), config, seed, pipeline_class)
     return paths
+
+
+# A DPT (the Intel/dpt-large architecture) shrunk to 115k parameters; initializer_range is raised from 0.02 so the
+# random depth head does not output (almost) zero everywhere.
+DPT_TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 37,
+            "image_size": 32, "patch_size": 8, "backbone_out_indices": [0, 1, 2, 3], "neck_hidden_sizes": [16, 16, 32, 32],
+            "fusion_hidden_size": 16, "head_hidden_size": 16, "initializer_range": 0.2}
+# Intel/dpt-large's preprocessing (bicubic resize to a fixed square, mean/std 0.5) at the tiny model's 32 pixels.
+DPT_TINY_PREPROCESSOR = {
+    "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+    "keep_aspect_ratio": False, "ensure_multiple_of": 1, "resample": 3, "do_rescale": True,
+    "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "do_pad": False,
+}
+
+
+def write_depth_model(folder, seed=0):
+    """A tiny random DPT depth-estimation model and its image processor config, as `save_pretrained` lays them out."""
+    torch.manual_seed(seed)
+    DPTForDepthEstimation(DPTConfig(**DPT_TINY)).save_pretrained(folder)
+    _json(os.path.join(folder, "preprocessor_config.json"), DPT_TINY_PREPROCESSOR)
+    return folder

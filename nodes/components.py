@@ -7,18 +7,27 @@ import torch
 from ..kandinsky_core import loading
 
 
+class Holder(torch.nn.Module):
+    """Gives ModelPatcher a module it may set `.device` on (transformers models make that a read-only property)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+
 class Prior:
     """The KANDINSKY2_PRIOR value: the core `PriorModels` plus one patcher per network."""
 
     def __init__(self, models, load_device, offload_device):
         self.models = models
+        modules = (models.prior, Holder(models.text_encoder), Holder(models.image_encoder))
         self.patchers = [comfy.model_patcher.ModelPatcher(m, load_device=load_device, offload_device=offload_device)
-                         for m in (models.prior, models.text_encoder, models.image_encoder)]
+                         for m in modules]
 
     @property
     def version(self):
-        """'2.1' or '2.2', from the embedding width."""
-        return "2.1" if self.models.embedding_dim == 768 else "2.2"
+        """'2.1' or '2.2'."""
+        return self.models.version
 
     def ready(self):
         """Load the networks onto the compute device through ComfyUI's memory manager; returns the core models."""
