@@ -150,10 +150,12 @@ class InpaintConditioning(io.ComfyNode):
                     io.Image.Input("pixels", tooltip="The image to inpaint; width and height multiples of 8."),
                     io.Mask.Input("mask", tooltip="Where to repaint (white, >= 0.5); the image's size, one mask or one "
                                                   "per image.")],
-            outputs=[io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the inpainting inputs."),
-                     io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the inpainting inputs."),
-                     io.Latent.Output(display_name="latent", tooltip="The image's latents with the mask as noise mask, "
-                                                                     "for the sampler.")],
+            outputs=[io.Conditioning.Output(display_name="positive",
+                                            tooltip="Positive conditioning with the inpainting inputs."),
+                     io.Conditioning.Output(display_name="negative",
+                                            tooltip="Negative conditioning with the inpainting inputs."),
+                     io.Latent.Output(display_name="latent", tooltip="The image's latents with the hole (at latent size) "
+                                                                     "as noise mask, for the sampler.")],
             hidden=[io.Hidden.unique_id])
 
     @classmethod
@@ -162,9 +164,9 @@ class InpaintConditioning(io.ComfyNode):
         latents = encode(movq, pixels, cls.hidden.unique_id)
         keep = latent_keep_mask(keep, latents.shape[-2:]).to(latents.device)
         keys = {"kandinsky_inpaint_latents": latents, "kandinsky_inpaint_keep": keep}
-        noise_mask = mask.reshape(-1, 1, *mask.shape[-2:]).to(latents.device)
+        # The latent-size hole (1 = repaint) makes KSampler's blend the 2.2 pipeline's, dilation included.
         return io.NodeOutput(with_keys(positive, **keys), with_keys(negative, **keys),
-                             {"samples": latents, "noise_mask": noise_mask})
+                             {"samples": latents, "noise_mask": 1 - keep})
 
 
 class DepthModelLoader(io.ComfyNode):

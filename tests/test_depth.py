@@ -46,7 +46,8 @@ def test_matches_the_transformers_depth_pipeline_image(loaded):
     model, processor = loaded
     pixels = images(1, 48, 36, seed=1)
     frame = (pixels[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    expected = np.asarray(pipeline("depth-estimation", model=model, image_processor=processor)(Image.fromarray(frame))["depth"])
+    depth_pipeline = pipeline("depth-estimation", model=model, image_processor=processor)
+    expected = np.asarray(depth_pipeline(Image.fromarray(frame))["depth"])
     ours = depth.estimate_depth(model, processor, pixels)[0, 0].numpy()
     gap = ours * 255 - expected
     assert gap.min() > -1e-3 and gap.max() < 1 + 1e-3

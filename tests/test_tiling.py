@@ -40,6 +40,14 @@ class LocalMoVQ:
         return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
 
 
+class TileIndexMoVQ(LocalMoVQ):
+    """Decodes every tile to a flat image of the tile's index (0, 1, 2, ...)."""
+
+    def decode(self, z):
+        self.seen.append(tuple(z.shape))
+        return torch.full((1, 3, z.shape[-2] * self.f, z.shape[-1] * self.f), float(len(self.seen) - 1))
+
+
 def test_one_tile_reproduces_decode_exactly(movq):
     z = smooth_latent(1, 12, 10)
     with torch.no_grad():
@@ -74,6 +82,14 @@ def test_blending_is_exact_for_local_maps(shape, tile, overlap):
     assert (out - stub.decode(z)).abs().max() < 1e-6
     assert max(s[-2] for s in stub.seen[:-1]) <= tile and max(s[-1] for s in stub.seen[:-1]) <= tile
     assert all(s[0] == 1 for s in stub.seen[:-1])  # one image at a time
+
+
+def test_overlaps_blend_linearly_from_one_tile_to_the_next():
+    """Each tile decodes to its own index; across an overlap the output must ramp linearly from one to the next."""
+    row = tiling.decode_tiled(TileIndexMoVQ(2), torch.zeros(1, 4, 1, 10), 4, 1)[0, 0, 0]
+    third = 1 / 3
+    expected = [0.0] * 6 + [third, 2 * third] + [1.0] * 4 + [1 + third, 1 + 2 * third] + [2.0] * 6
+    assert torch.allclose(row, torch.tensor(expected), atol=1e-6)
 
 
 def test_encode_blending_is_exact_for_local_maps():
