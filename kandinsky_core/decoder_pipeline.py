@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import images
 from .errors import KandinskyError
-from .sampling import randn, report
+from .sampling import check_guidance, randn, report
 from .schedulers import add_noise_kandinsky21_img2img
 from .text_encoder import encode_text
 
@@ -77,11 +77,18 @@ def _text_conditioning(models, prompt, negative_prompt, batch, n, cfg, device, d
 def conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, n, guidance_scale, hint=None):
     """UNet keyword arguments for a [negative, positive] guided batch (or positive only when guidance ≤ 1)."""
     device, dtype = _device_dtype(models)
+    check_guidance(guidance_scale)
     cfg = guidance_scale > 1
     if image_embeds.ndim != 2:
         raise KandinskyError(f"image_embeds must be (batch, dim), got shape {tuple(image_embeds.shape)}.")
+    images.check_finite(image_embeds, "The image embedding")
     if cfg and negative_image_embeds is None:
         raise KandinskyError("Guidance needs negative image embeddings (the prior returns them); or set guidance_scale to 1.")
+    if cfg and (negative_image_embeds.ndim != 2 or negative_image_embeds.shape[-1] != image_embeds.shape[-1]):
+        raise KandinskyError(f"negative_image_embeds must be (batch, {image_embeds.shape[-1]}) like image_embeds, got shape "
+                             f"{tuple(negative_image_embeds.shape)}; pass the negative embeddings the same prior returned.")
+    if cfg:
+        images.check_finite(negative_image_embeds, "The negative image embedding")
     cond = {"image_embeds": _embeddings(image_embeds, negative_image_embeds, n, cfg, device, dtype)}
     cond.update(_text_conditioning(models, prompt, negative_prompt, image_embeds.shape[0], n, cfg, device, dtype))
     if hint is not None or models.unet.config.variant == "2.2-depth":
@@ -91,10 +98,14 @@ def conditioning(models, image_embeds, negative_image_embeds, prompt, negative_p
 
 def _hint(models, hint, batch, cfg, device, dtype):
     if models.unet.config.variant != "2.2-depth":
-        raise KandinskyError(f"A depth hint only works with the 2.2 depth decoder, not the {models.unet.config.variant} one.")
+        raise KandinskyError(f"A depth hint only works with the 2.2 depth decoder (kandinsky-2-2-controlnet-depth), not "
+                             f"the {models.unet.config.variant} one; load that decoder or leave the hint out.")
     if hint is None:
         raise KandinskyError("The depth decoder needs a hint: a (B, 3, H, W) depth map in [0, 1] at the output size.")
-    hint = hint.to(device, dtype)
+    if hint.ndim != 4 or hint.shape[1] != 3:
+        raise KandinskyError(f"The depth hint must be (B, 3, H, W), got shape {tuple(hint.shape)}; give a 3-channel depth "
+                             "map at the output size.")
+    hint = images.check_finite(hint, "The depth hint").to(device, dtype)
     if hint.shape[0] not in (1, batch) and batch % hint.shape[0] == 0:
         hint = hint.repeat_interleave(batch // hint.shape[0], dim=0)
     hint = hint.expand(batch, -1, -1, -1) if hint.shape[0] == 1 else hint
@@ -174,6 +185,7 @@ def sample_image_to_image(models, cond, init, *, strength=0.3, steps=100, guidan
     """Latents re-drawn from MoVQ latents `init` (one row per output image), noised according to `strength`."""
     scheduler = scheduler or models.scheduler
     timesteps = _timesteps(scheduler, steps, strength)
+    images.check_finite(init, "The latent image")
     noise = randn(init.shape, generator, init.device, init.dtype)
     if models.version == "2.1":  # 2.1 noises with its training-time schedule at a strength-derived timestep
         t = torch.full((init.shape[0],), int(1000 * strength) - 2, dtype=torch.long)
@@ -200,7 +212,7 @@ def sample_inpaint(models, cond, init, keep, shape, *, steps=100, guidance_scale
     _require_inpainting(models)
     scheduler = scheduler or models.scheduler
     device, dtype = _device_dtype(models)
-    init, keep = init.to(device, dtype), keep.to(device, dtype)
+    init, keep = images.check_finite(init, "The inpainting image's latent").to(device, dtype), keep.to(device, dtype)
     concat = torch.cat([(init * keep).expand(shape[0], -1, -1, -1), keep.expand(shape[0], -1, -1, -1)], dim=1)
     concat = torch.cat([concat] * 2) if guidance_scale > 1 else concat  # after the latents: masked-image latents, mask
     timesteps = _timesteps(scheduler, steps)

@@ -10,8 +10,10 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+from . import images
 from .errors import KandinskyError
 
 DISTANCE_MODEL_TYPES = ("zoedepth", "glpn")  # predicted_depth grows with distance; the others predict inverse depth
@@ -26,7 +28,7 @@ def load_depth_model(folder, dtype=torch.float32, device="cpu"):
     try:
         model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise KandinskyError(f"{folder} is not a complete transformers depth-estimation model ({e}); use a folder such "
                              "as Intel/dpt-large or depth-anything/Depth-Anything-V2-Small-hf with its config.json, "
                              "weights and preprocessor_config.json.") from e
@@ -43,10 +45,12 @@ def estimate_depth(model, processor, pixels):
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise KandinskyError(f"depth estimation needs RGB images of shape (B, 3, H, W), got {tuple(pixels.shape)}; "
                              "convert grayscale or RGBA images to RGB.")
+    images.check_finite(pixels, "The image to estimate depth for")
     height, width = pixels.shape[-2:]
     # 8-bit frames, as the depth pipeline reads image files: the processor then resizes and normalises them its way.
     frames = list((pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    inputs = processor(images=frames, return_tensors="pt")
+    # Channels-last stated outright: the processor guesses the layout, and takes a 1- or 3-pixel-tall frame for planar.
+    inputs = processor(images=frames, return_tensors="pt", input_data_format="channels_last")
     predicted = model(pixel_values=inputs["pixel_values"].to(model.device, model.dtype)).predicted_depth
     depth = F.interpolate(predicted.float()[:, None], size=(height, width), mode="bicubic", align_corners=False)
     if _predicts_distance(model.config):

@@ -205,13 +205,22 @@ def _pil_batch(images, mode, height, width, resample, reducing_gap=None):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
+def check_finite(x, what):
+    """Raise KandinskyError if tensor `x` is empty or holds NaN or infinite values; `what` names it in the message."""
+    if x.numel() == 0:
+        raise KandinskyError(f"{what} is empty (shape {tuple(x.shape)}); give it at least one pixel and one batch item")
+    if x.device.type != "meta" and not torch.isfinite(x).all():
+        raise KandinskyError(f"{what} holds NaN or infinite values; check the nodes or the math that produced it")
+    return x
+
+
 def _as_float(x):
     """A numpy array or tensor as a float32 tensor; uint8 means 0..255."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.array(x, order="C"))  # a copy: the caller's array may be read-only or strided
     if not isinstance(x, torch.Tensor):
         raise KandinskyError(f"unsupported input type {type(x).__name__}; pass a PIL image, numpy array or tensor")
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return check_finite(x.float() / 255 if x.dtype == torch.uint8 else x.float(), f"an input of shape {tuple(x.shape)}")
 
 
 def _image_batch(image):

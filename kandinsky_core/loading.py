@@ -219,11 +219,23 @@ def read_config(path, kind):
     return from_shapes(shapes)
 
 
+def build(kind, config, *, operations=nn, dtype=None):
+    """A `kind` model for `config` on the meta device; a config no such model can have raises KandinskyError."""
+    try:
+        return CONFIG_TYPES[kind][2](config, operations=operations, dtype=dtype, device="meta")
+    except KandinskyError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as err:
+        raise KandinskyError(f"The {kind} config describes a model that cannot be built ({type(err).__name__}: {err}); "
+                             "its config.json is damaged or belongs to another model: copy it again from the "
+                             "kandinsky-community repo.") from None
+
+
 def load_component(path, kind, *, dtype=None, device="cpu", operations=nn):
     """Build a `kind` model ('unet', 'movq' or 'prior') on meta and fill it from the checkpoint at `path`."""
     path = component_path(path, kind)
     config = read_config(path, kind)
-    model = CONFIG_TYPES[kind][2](config, operations=operations, dtype=dtype, device="meta")
+    model = build(kind, config, operations=operations, dtype=dtype)
     load_weights(model, weights_path(path), dtype=dtype, device=device)
     return model.eval()
 
@@ -235,7 +247,7 @@ def load_weights(model, path, dtype=None, device="cpu"):
     for k, t in iter_tensors(path, dtype, device):
         if k in expected and tuple(expected[k].shape) != tuple(t.shape):
             raise KandinskyError(f"{path}: tensor {k} has shape {tuple(t.shape)} but the config says {tuple(expected[k].shape)}; "
-                                 "the config.json does not belong to these weights.")
+                                 "the config.json does not belong to these weights: copy the one that came with them.")
         sd[k] = t
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or unexpected:

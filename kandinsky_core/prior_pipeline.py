@@ -4,11 +4,13 @@ Same algorithms, defaults and RNG order as diffusers' Kandinsky prior pipelines 
 except that interpolation's negative embedding is never random (2.2 emb2emb's `interpolate` returned `randn_like`),
 and a single negative prompt applies to every prompt of a batch.
 """
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
-from .sampling import randn, report
+from .sampling import check_guidance, randn, report
 from .errors import KandinskyError
 from .images import clip_image_inputs
 from .text_encoder import encode_clip_prompt
@@ -98,6 +100,7 @@ def _finish(models, latents, negatives):
 def sample_prior(models, prompt, negative_prompt=None, *, steps=25, guidance_scale=4.0, num_images_per_prompt=1,
                  generator=None, latents=None, callback=None):
     """Text → (image_embeds, negative_image_embeds), each (len(prompt) * num_images_per_prompt, dim)."""
+    check_guidance(guidance_scale)
     prompts, negatives = _prompt_batch(prompt, negative_prompt)
     n, cfg = num_images_per_prompt, guidance_scale > 1
     device, dtype = _device_dtype(models)
@@ -128,7 +131,8 @@ def embed_images(models, images):
     if isinstance(images, torch.Tensor) and images.ndim == 2:
         if images.shape[-1] != models.embedding_dim:
             raise KandinskyError(f"Got {images.shape[-1]}-dim embeddings, but this prior works with {models.embedding_dim}-dim ones "
-                                 f"(Kandinsky {'2.1' if models.embedding_dim == 768 else '2.2'}).")
+                                 f"(Kandinsky {'2.1' if models.embedding_dim == 768 else '2.2'}); use embeddings from a "
+                                 "prior of the same version.")
         return images.to(device, dtype)
     if isinstance(images, torch.Tensor) and images.ndim != 4:
         raise KandinskyError(f"Image tensors for the CLIP image encoder must be (B, 3, H, W) pixel values; got {tuple(images.shape)}.")
@@ -145,6 +149,8 @@ def interpolate(models, items, weights, *, steps=25, guidance_scale=4.0, num_ima
     if not items or len(items) != len(weights):
         raise KandinskyError(f"interpolate needs as many weights as items and at least one item; got {len(items)} items, "
                              f"{len(weights)} weights.")
+    if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in weights):
+        raise KandinskyError(f"interpolation weights must be finite numbers, got {list(weights)}; use e.g. 0.5 and 0.5.")
     n = num_images_per_prompt
     run = dict(steps=steps, guidance_scale=guidance_scale, num_images_per_prompt=n, generator=generator,
                latents=latents, callback=callback)
@@ -164,6 +170,10 @@ def interpolate(models, items, weights, *, steps=25, guidance_scale=4.0, num_ima
 def emb2emb(models, prompt, image, *, strength=0.3, negative_prompt=None, steps=25, guidance_scale=4.0,
             num_images_per_prompt=1, generator=None, callback=None):
     """Move an image's embedding towards a prompt: the prior denoises the noised image embedding (2.2's Emb2Emb)."""
+    check_guidance(guidance_scale)
+    if not 0 < strength <= 1 or int(steps * strength) < 1:
+        raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; use a strength in (0, 1] "
+                             "with strength × steps ≥ 1.")
     prompts, negatives = _prompt_batch(prompt, negative_prompt)
     n, cfg = num_images_per_prompt, guidance_scale > 1
     cond = encode_prompts(models, prompts, negatives, n, cfg)
@@ -175,9 +185,6 @@ def emb2emb(models, prompt, image, *, strength=0.3, negative_prompt=None, steps=
     init = torch.cat([init] * (batch // init.shape[0]))
     timesteps = models.scheduler.set_timesteps(steps)
     keep = min(int(steps * strength), steps)
-    if not 0 < strength <= 1 or keep < 1:
-        raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; use a strength in (0, 1] "
-                             "with strength × steps ≥ 1.")
     timesteps = timesteps[steps - keep:]
     # As in diffusers, the raw CLIP embedding is noised although the prior denoises in normalised space.
     latents = models.scheduler.add_noise(init, randn(init.shape, generator, init.device, init.dtype), timesteps[:1].repeat(batch))

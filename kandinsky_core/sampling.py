@@ -1,7 +1,17 @@
-"""Pieces every sampling loop shares: reproducible noise and the per-step callback."""
+"""Pieces every sampling loop shares: reproducible noise, argument checks and the per-step callback."""
+import math
+import numbers
+
 import torch
 
-from .errors import Cancelled
+from .errors import Cancelled, KandinskyError
+
+
+def check_guidance(guidance_scale):
+    """Raise KandinskyError unless guidance_scale is a finite number (≤ 1 turns guidance off)."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+        raise KandinskyError(f"guidance_scale must be a finite number, got {guidance_scale!r}; use 1 (no guidance) to "
+                             "about 10 (4 is the published default).")
 
 
 def randn(shape, generator, device, dtype):

@@ -371,15 +371,17 @@ class UNet(nn.Module):
             raise KandinskyError(f"A depth hint was given but the {c.variant} decoder has no hint input; use the 2.2 depth decoder.")
         want = 4 if c.addition_embed_type == "image_hint" else c.in_channels
         if x.ndim != 4 or x.shape[1] != want:
-            raise KandinskyError(f"The {c.variant} decoder expects {want}-channel latents (B, {want}, h, w), got {tuple(x.shape)}")
+            raise KandinskyError(f"The {c.variant} decoder expects {want}-channel latents (B, {want}, h, w), got {tuple(x.shape)}; use "
+                                 "MoVQ latents (4 channels, 1/8 of the image size).")
         if image_embeds.ndim != 2 or image_embeds.shape[-1] != c.image_embed_dim:
             got = image_embeds.shape[-1] if image_embeds.ndim else "scalar"
             hint_version = {768: " (a Kandinsky 2.1 embedding: use the 2.2 prior)", 1280: " (a Kandinsky 2.2 embedding: use the 2.1 prior)"}
             raise KandinskyError(f"The {c.variant} decoder takes {c.image_embed_dim}-dim image embeddings, got {got}-dim"
                                  f"{hint_version.get(got, '')}.")
-        if x.shape[-2] % c.latent_multiple or x.shape[-1] % c.latent_multiple:
+        if 0 in x.shape or x.shape[-2] % c.latent_multiple or x.shape[-1] % c.latent_multiple:
             m = c.latent_multiple
-            raise KandinskyError(f"Latent size {tuple(x.shape[-2:])} must be a multiple of {m} (images: multiples of {8 * m}).")
+            raise KandinskyError(f"Latent size {tuple(x.shape[-2:])} (batch {x.shape[0]}) must be a positive multiple of {m} "
+                                 f"(images: multiples of {8 * m}); crop or resize the image, or pick such a latent size.")
         if c.addition_embed_type == "text_image" and (text_embeds is None or text_hidden_states is None):
             raise KandinskyError(f"The {c.variant} decoder needs the prompt's text embeddings (from the 2.1 text encoder).")
         if c.addition_embed_type == "image_hint":

@@ -20,7 +20,6 @@ from ..kandinsky_core import loading
 from ..kandinsky_core import schedulers as S
 from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.text_encoder import encode_text
-from ..kandinsky_core.unet import UNet
 
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 DEFAULT_SCHEDULERS = {"2.1": S.KANDINSKY_2_1_DDIM, "2.2": S.KANDINSKY_2_2_DDPM}
@@ -152,7 +151,7 @@ def load_decoder(path):
     model_config = KandinskyModelConfig(KandinskyModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
     ops = comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
-    unet = loading.load_weights(UNet(config, operations=ops, dtype=dtype, device="meta"), weights, dtype=dtype, device=offload)
+    unet = loading.load_weights(loading.build("unet", config, operations=ops, dtype=dtype), weights, dtype=dtype, device=offload)
     text_encoder = tokenizer = None
     if config.variant.startswith("2.1"):
         if not os.path.isdir(path):

@@ -15,6 +15,8 @@ SAMPLERS = ["checkpoint", "ddpm", "ddim", "dpm++ 2m", "dpm++ 2m karras"]
 
 def make_scheduler(config, sampler):
     """The core scheduler for a sampler choice, on the noise schedule of the checkpoint's scheduler config."""
+    if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
+        raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
     if sampler == "checkpoint":
         return S.scheduler_from_config(config)
     if sampler.startswith("dpm++"):
@@ -98,6 +100,8 @@ def repeats(embeddings, latents):
 def sample(core, cond, init, extra, denoise, run):
     """Pick the core loop: inpainting (from the conditioning), image-to-image (denoise < 1) or text-to-image."""
     device = next(core.unet.parameters()).device
+    if not 0 <= denoise <= 1:
+        raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
     if core.unet.config.in_channels == 9:
         if "kandinsky_inpaint_latents" not in extra or denoise < 1:
             raise KandinskyError("The inpainting decoder needs Kandinsky Inpaint Conditioning and denoise 1.")

@@ -43,6 +43,7 @@ def comfy_image(pixels):
 
 def check_encodable(image, f):
     """Refuse images the MoVQ cannot encode, naming the nearest sizes that work."""
+    images.check_finite(image, "The image to encode")
     try:
         images.check_size(image.shape[1], image.shape[2], f)
     except KandinskyError as e:
@@ -80,8 +81,11 @@ def decode(movq, z, tile_size=0, node_id=None):
     movq = require_movq(movq)
     if 0 < tile_size < 64:
         raise KandinskyError(f"tile_size {tile_size} is too small: use 0 (automatic) or 64 pixels and up.")
+    if z.ndim != 4:
+        raise KandinskyError(f"Kandinsky latents are (B, 4, h, w), got shape {tuple(z.shape)}; use latents of a "
+                             "Kandinsky model here (decode other models' latents with their own VAE).")
     f = movq.model.config.scale_factor
-    b, _, h, w = z.shape
+    b, _, h, w = images.check_finite(z, "The latent to decode").shape
     side = (h * f, w * f) if tile_size == 0 else (min(tile_size, h * f), min(tile_size, w * f))
     model = movq.ready(memory_required=memory(DECODE_MEMORY_PER_PIXEL, 1 if tile_size else b, *side, movq.dtype))
     z = z.to(movq.patcher.load_device, movq.dtype)

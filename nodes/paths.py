@@ -12,10 +12,12 @@ REPO_MARKERS = {"prior": ("prior",), "decoder": ("unet",), "movq": ("movq",)}
 
 
 def register():
-    """Make `models/kandinsky` a ComfyUI model folder, filtered to weight files (users may add more paths in yaml)."""
+    """Make `models/kandinsky` a ComfyUI model folder, keeping paths extra_model_paths.yaml already added under the key."""
     default = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
+    # The yaml is read before packs load, and creates the key with no extension filter and without our default path.
+    folders, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    folders = folders + [default] if default not in folders else folders
+    folder_paths.folder_names_and_paths[FOLDER] = (folders, extensions or set(folder_paths.supported_pt_extensions))
     os.makedirs(default, exist_ok=True)
 
 
@@ -53,6 +55,8 @@ def entries(kind):
 
 def resolve(name):
     """The absolute path of a loader choice, refusing anything outside the kandinsky model folders."""
+    if not isinstance(name, str) or not name:
+        raise KandinskyError(f"{name!r} is not a checkpoint name; pick a checkpoint from the loader's list.")
     roots = folder_paths.get_folder_paths(FOLDER)
     for root in roots:
         root = os.path.realpath(root)

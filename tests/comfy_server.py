@@ -178,6 +178,12 @@ class ComfyServer:
         """Open the websocket for this client and return a connected Listener (use it as a context manager)."""
         return Listener(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout)
 
+    def rss(self):
+        """Resident memory of the server process in bytes (Linux: VmRSS in /proc/<pid>/status)."""
+        with open(f"/proc/{self.process.pid}/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kib * 1024
+
     def interrupt(self, prompt_id=None):
         """Interrupt the running prompt (only if it is `prompt_id`, when given)."""
         self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})

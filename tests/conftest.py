@@ -1,12 +1,45 @@
+import json
+import os
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from comfy_server import COMFYUI_DIR, REPO, ComfyServer
+from graphs import DEPTH_MODEL, INPAINT_IMAGE, INPUT_IMAGE, SINGLE_UNET, SIZE
+
+
+def write_models(root):
+    """Every tiny Kandinsky repo folder, a tiny depth model and the 2.2 decoder's UNet as a lone file, under `root`."""
+    from kandinsky_core import loading, tiny  # imported here: only sessions that start a server need them
+
+    folders = tiny.write_all(str(root))
+    tiny.write_depth_model(str(root / DEPTH_MODEL))
+    unet = os.path.join(folders["kandinsky-2-2-decoder"], "unet")
+    with open(os.path.join(unet, "config.json")) as f:
+        config = json.load(f)
+    (root / SINGLE_UNET).parent.mkdir(parents=True)
+    tiny.save_single_file(loading.load_component(unet, "unet"), config, str(root / SINGLE_UNET))
+
+
+def write_inputs(folder):
+    """A random RGB image and the same image with a transparent central square (the inpainting hole)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / INPUT_IMAGE)
+    alpha = np.full((SIZE, SIZE, 1), 255, np.uint8)
+    alpha[SIZE // 4: -SIZE // 4, SIZE // 4: -SIZE // 4] = 0
+    Image.fromarray(np.concatenate([rgb, alpha], axis=-1)).save(folder / INPAINT_IMAGE)
 
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
-    """One real ComfyUI server for the whole session, with this repository installed as custom node pack."""
+    """One real ComfyUI server for the whole session, with this repository installed as custom node pack and tiny
+    checkpoints (graphs.PRIORS, graphs.DECODERS, ...) and input images (graphs.INPUT_IMAGE, ...) in its folders."""
     if not COMFYUI_DIR.is_dir():
         pytest.skip(f"ComfyUI not installed at {COMFYUI_DIR}: run tools/install_comfyui.sh or set COMFYUI_DIR")
-    with ComfyServer(tmp_path_factory.mktemp("comfyui"), pack_dir=REPO, pack_name="comfyui-kandinsky2") as server:
+    base = tmp_path_factory.mktemp("comfyui")
+    write_models(base / "models" / "kandinsky")
+    write_inputs(base / "input")
+    with ComfyServer(base, pack_dir=REPO, pack_name="comfyui-kandinsky2") as server:
         yield server

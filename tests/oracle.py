@@ -10,7 +10,7 @@ from transformers import (CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModelWi
 
 import diffusers
 from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP as TheirMCLIP
-from kandinsky_core import schedulers, tiny
+from kandinsky_core import schedulers
 from kandinsky_core import unet as U
 from kandinsky_core.config import to_dict
 from kandinsky_core.images import KANDINSKY_CLIP_PREPROCESSOR

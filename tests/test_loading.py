@@ -12,7 +12,7 @@ from kandinsky_core import unet as U
 from kandinsky_core.config import to_dict
 from kandinsky_core.errors import KandinskyError
 from kandinsky_core.movq import MOVQ, MoVQ
-from kandinsky_core.prior import PRIOR_21, PRIOR_22, PRIOR_TINY, PriorConfig, PriorTransformer
+from kandinsky_core.prior import PRIOR_21, PRIOR_22, PriorConfig, PriorTransformer
 
 
 @pytest.fixture(scope="module")

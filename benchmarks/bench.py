@@ -1,0 +1,451 @@
+"""kandinsky_core against diffusers on full-size Kandinsky 2.2 models with the same random weights.
+
+    python benchmarks/bench.py            # --quick on CPU, --full on a GPU
+    python benchmarks/bench.py --full --sizes 256,512,768
+
+Random weights are written once, diffusers `save_pretrained` layout, into --workdir; both sides load them from there
+(that load is the load-time figure). Every measurement runs in a fresh child process, so peak memory belongs to one
+side only; the two sides alternate. The prior's CLIP towers are stand-ins of the published width and one layer: both
+sides run the same transformers code for them, so they would only add the same seconds and gigabytes to both.
+
+--quick runs few decoder and prior steps and extrapolates the per-step median to the full step count; those rows say
+"extrapolated". Needs the test extra (diffusers).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROMPT = "a red cat, oil painting"
+
+
+class PeakMemory:
+    """Peak resident set size (polled from /proc) and CUDA max allocated, since `reset`."""
+
+    def __init__(self, device):
+        self.device, self.peak, self._stop = device, 0, False
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def rss(self):
+        """Current resident set size in bytes."""
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _poll(self):
+        while not self._stop:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    def reset(self):
+        """Start a new peak from now."""
+        self.peak = self.rss()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def read(self):
+        """{"rss_gb", "cuda_gb"} peaks since the last reset."""
+        self.peak = max(self.peak, self.rss())
+        cuda = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
+        return {"rss_gb": self.peak / 2**30, "cuda_gb": cuda}
+
+
+def sync(device):
+    """Wait for queued GPU work so wall-clock times are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    """(result, seconds) of `fn()`."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def fast_dtype(device):
+    """Name of kandinsky_core's fastest native dtype on `device`."""
+    from kandinsky_core.speed import fast_dtype as core_fast_dtype
+    return {v: k for k, v in DTYPES.items()}[core_fast_dtype(device)]
+
+
+# ---------------------------------------------------------------- weights on disk
+
+def write_weights(root):
+    """Random full-size 2.2 decoder (UNet, MoVQ, DDPM) and prior (prior, stand-in towers) folders, once."""
+    import diffusers
+    from dataclasses import asdict
+    from transformers import (CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
+                              CLIPVisionConfig, CLIPVisionModelWithProjection)
+    from kandinsky_core import schedulers
+    from kandinsky_core.config import to_dict
+    from kandinsky_core.images import KANDINSKY_CLIP_PREPROCESSOR
+    from kandinsky_core.movq import MOVQ
+    from kandinsky_core.prior import PRIOR_22
+    from kandinsky_core.tiny_tokenizers import tiny_clip_text_config, tiny_clip_vision_config, write_clip_tokenizer
+    from kandinsky_core.unet import UNET_22
+
+    def plain(d):
+        return {k: v for k, v in d.items() if k != "_class_name"}
+
+    decoder, prior = os.path.join(root, "decoder"), os.path.join(root, "prior")
+    if not os.path.isfile(os.path.join(decoder, "model_index.json")):
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DConditionModel(**asdict(UNET_22), class_embed_type=None)
+        movq = diffusers.VQModel(**plain(to_dict(MOVQ, "VQModel")))
+        scheduler = diffusers.DDPMScheduler.from_config(plain(schedulers.KANDINSKY_2_2_DDPM))
+        diffusers.KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq).save_pretrained(decoder)
+        del unet, movq
+    if not os.path.isfile(os.path.join(prior, "model_index.json")):
+        torch.manual_seed(1)
+        model = diffusers.PriorTransformer.from_config(plain(to_dict(PRIOR_22, "PriorTransformer")))
+        with torch.no_grad():  # left at zeros/ones by diffusers' init, which would make the prior trivial
+            for p in (model.positional_embedding, model.prd_embedding, model.clip_mean):
+                p.normal_(0, 0.02)
+        dim = PRIOR_22.embedding_dim
+        text = CLIPTextModelWithProjection(CLIPTextConfig(**{**tiny_clip_text_config(), "hidden_size": dim, "projection_dim": dim,
+                                                             "num_attention_heads": dim // 64, "num_hidden_layers": 1}))
+        image = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**tiny_clip_vision_config(), "projection_dim": dim}))
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(os.path.join(root, "clip-tokenizer")))
+        diffusers.KandinskyV22PriorPipeline(
+            prior=model, image_encoder=image, text_encoder=text, tokenizer=tokenizer,
+            scheduler=diffusers.UnCLIPScheduler.from_config(plain(schedulers.KANDINSKY_PRIOR_UNCLIP)),
+            image_processor=CLIPImageProcessorPil(**KANDINSKY_CLIP_PREPROCESSOR)).save_pretrained(prior)
+    return decoder, prior
+
+
+# ---------------------------------------------------------------- child-process measurements
+
+def load_unet(side, folder, dtype, device):
+    """One side's UNet from the decoder folder."""
+    if side == "ours":
+        from kandinsky_core.loading import load_component
+        return load_component(os.path.join(folder, "unet"), "unet", dtype=dtype, device=device)
+    import diffusers
+    return diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype).to(device).eval()
+
+
+def unet_step(side, unet, x, t, emb):
+    """One guided UNet forward (batch 2: negative and positive)."""
+    if side == "ours":
+        return unet(x, t, emb)
+    return unet(x, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb}).sample
+
+
+def matmul_peak(dtype, device, n=4096, repeats=3):
+    """Best FLOP/s of an n x n matmul in `dtype`: the machine's practical peak."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    torch.mm(a, b)
+    return max(2 * n ** 3 / timed(lambda: torch.mm(a, b), device)[1] for _ in range(repeats))
+
+
+@torch.no_grad()
+def child_unet(spec, device, memory):
+    """Guided UNet step times, both sides alternating in this one process, plus FLOPs and matmul peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+    dtype = DTYPES[spec["dtype"]]
+    unets = {side: load_unet(side, spec["decoder"], dtype, device) for side in ("ours", "theirs")}
+    results = {"matmul_peak": matmul_peak(dtype, device), "sizes": {}}
+    for size in spec["sizes"]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, size // 8, size // 8, generator=g).to(device, dtype)
+        emb = torch.randn(2, 1280, generator=g).to(device, dtype)
+        t = torch.tensor(500, device=device)
+        counter = FlopCounterMode(display=False)
+        with counter:  # also the warm-up of our side
+            unet_step("ours", unets["ours"], x, t, emb)
+        unet_step("theirs", unets["theirs"], x, t, emb)
+        times = {"ours": [], "theirs": []}
+        for _ in range(spec["repeats"]):
+            for side in ("ours", "theirs"):
+                times[side].append(timed(lambda: unet_step(side, unets[side], x, t, emb), device)[1])
+        results["sizes"][size] = {"flops": counter.get_total_flops(), **times}
+    return results
+
+
+def _step_clock(device):
+    """A list that a callback appends a synced timestamp to at every step."""
+    stamps = []
+
+    def tick(*args):
+        sync(device)
+        stamps.append(time.perf_counter())
+        return args[-1] if len(args) == 4 else None  # diffusers expects its callback_kwargs back
+    return stamps, tick
+
+
+def _extrapolate(total, stamps, steps):
+    """(time for `steps` steps, per-step median) from a run of len(stamps) steps that took `total` seconds."""
+    per_step = statistics.median(b - a for a, b in zip(stamps, stamps[1:])) if len(stamps) > 1 else total
+    return total + (steps - len(stamps)) * per_step, per_step
+
+
+def _run_ours(spec, device, dtype, g, clocks):
+    from kandinsky_core import decoder_pipeline, prior_pipeline
+    from kandinsky_core.loading import load_decoder_models, load_prior_models, read_scheduler_config
+    from kandinsky_core.schedulers import dpm_solver_from
+    from kandinsky_core.speed import optimize
+    (prior_models, decoder), load_s = timed(lambda: (load_prior_models(spec["prior"], dtype=dtype, device=device),
+                                                     load_decoder_models(spec["decoder"], dtype=dtype, device=device)), device)
+    if spec.get("optimize"):
+        optimize(decoder.unet)
+        optimize(decoder.movq)
+    scheduler = dpm_solver_from(read_scheduler_config(spec["decoder"])) if spec["sampler"] == "dpm++" else None
+    (emb, neg), prior_s = timed(lambda: prior_pipeline.sample_prior(
+        prior_models, PROMPT, steps=spec["prior_run_steps"], generator=g, callback=clocks[0][1]), device)
+    _, decoder_s = timed(lambda: decoder_pipeline.text_to_image(
+        decoder, emb, neg, height=spec["size"], width=spec["size"], steps=spec["run_steps"], generator=g,
+        scheduler=scheduler, callback=clocks[1][1]), device)
+    return load_s, prior_s, decoder_s
+
+
+def _run_theirs(spec, device, dtype, g, clocks):
+    import diffusers
+    kw = {"torch_dtype": dtype}
+    (prior_pipe, pipe), load_s = timed(lambda: (
+        diffusers.KandinskyV22PriorPipeline.from_pretrained(spec["prior"], **kw).to(device),
+        diffusers.KandinskyV22Pipeline.from_pretrained(spec["decoder"], **kw).to(device)), device)
+    prior_pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)
+    out, prior_s = timed(lambda: prior_pipe(PROMPT, num_inference_steps=spec["prior_run_steps"], generator=g,
+                                            callback_on_step_end=clocks[0][1]), device)
+    _, decoder_s = timed(lambda: pipe(out.image_embeds, out.negative_image_embeds, height=spec["size"],
+                                      width=spec["size"], num_inference_steps=spec["run_steps"], generator=g,
+                                      callback_on_step_end=clocks[1][1]), device)
+    return load_s, prior_s, decoder_s
+
+
+@torch.no_grad()
+def child_text_to_image(spec, device, memory):
+    """Load prior + decoder from disk, then prompt → embeddings → image; times extrapolated to the full step counts."""
+    dtype = DTYPES[spec["dtype"]]
+    clocks = (_step_clock(device), _step_clock(device))
+    run = _run_ours if spec["side"] == "ours" else _run_theirs
+    load_s, prior_s, decoder_s = run(spec, device, dtype, torch.Generator().manual_seed(0), clocks)
+    prior_total, _ = _extrapolate(prior_s, clocks[0][0], spec["prior_steps"])
+    decoder_total, per_step = _extrapolate(decoder_s, clocks[1][0], spec["steps"])
+    return {"load_s": load_s, "prior_s": prior_total, "decoder_s": decoder_total, "step_s": per_step,
+            "total_s": prior_total + decoder_total, **memory.read()}
+
+
+@torch.no_grad()
+def child_movq(spec, device, memory):
+    """MoVQ decode of random latents at one size: memory above the loaded model, and time."""
+    dtype = DTYPES[spec["dtype"]]
+    if spec["side"] == "theirs":
+        import diffusers
+        movq = diffusers.VQModel.from_pretrained(spec["decoder"], subfolder="movq", torch_dtype=dtype).to(device).eval()
+        decode = lambda z: movq.decode(z, force_not_quantize=True).sample
+    else:
+        from kandinsky_core import tiling
+        from kandinsky_core.loading import load_component
+        movq = load_component(os.path.join(spec["decoder"], "movq"), "movq", dtype=dtype, device=device)
+        tile = spec.get("tile")
+        decode = (lambda z: movq.decode(z)) if tile is None else (lambda z: tiling.decode_tiled(movq, z, tile, tile // 4))
+    z = torch.randn(1, 4, spec["size"] // 8, spec["size"] // 8, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    memory.reset()
+    base = memory.read()
+    times = [timed(lambda: decode(z), device)[1] for _ in range(spec["repeats"])]
+    peak = memory.read()
+    return {"times": times, "rss_gb": peak["rss_gb"] - base["rss_gb"],
+            "cuda_gb": None if peak["cuda_gb"] is None else peak["cuda_gb"] - base["cuda_gb"]}
+
+
+@torch.no_grad()
+def child_solver(spec, device, memory):
+    """Final latents from one starting noise: ours DPM++ 25 and diffusers' DDPM / DDIM 100 against a 1000-step DDIM."""
+    import diffusers
+    from kandinsky_core import decoder_pipeline as D, schedulers
+    from kandinsky_core.decoder_pipeline import DecoderModels
+    from kandinsky_core.loading import load_decoder_models
+    if spec["decoder"] is None:  # --quick: a tiny UNet with diffusers' default init; the full model takes ~1000 steps too long
+        from dataclasses import asdict
+        from kandinsky_core.movq import MOVQ_TINY, MoVQ
+        from kandinsky_core.unet import UNET_22_TINY, UNet
+        torch.manual_seed(0)
+        their_unet = diffusers.UNet2DConditionModel(**asdict(UNET_22_TINY), class_embed_type=None).eval()
+        ours = DecoderModels(UNet(UNET_22_TINY).eval(), MoVQ(MOVQ_TINY).eval(), None)
+        ours.unet.load_state_dict(their_unet.state_dict())
+        dim = UNET_22_TINY.image_embed_dim
+    else:
+        ours = load_decoder_models(spec["decoder"], device=device)
+        their_unet = diffusers.UNet2DConditionModel.from_pretrained(spec["decoder"], subfolder="unet").to(device).eval()
+        dim = 1280
+    size, g = spec["size"], torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device)
+    emb, neg = (torch.randn(1, dim, generator=g).to(device) for _ in range(2))
+    ode = {**schedulers.KANDINSKY_2_2_DDPM, "clip_sample": False}
+    cond = D.conditioning(ours, emb, neg, None, None, 1, 4.0)
+
+    def ours_run(scheduler, steps):
+        return D.sample_text_to_image(ours, cond, noise.shape, steps=steps, guidance_scale=4.0, latents=noise,
+                                      scheduler=scheduler, generator=torch.Generator().manual_seed(1))
+
+    def theirs_run(cls, config, steps):
+        scheduler = getattr(diffusers, cls).from_config({k: v for k, v in config.items() if k != "_class_name"})
+        pipe = diffusers.KandinskyV22Pipeline(unet=their_unet, scheduler=scheduler, movq=diffusers.VQModel())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(emb, neg, height=size, width=size, num_inference_steps=steps, latents=noise.clone(),
+                    output_type="latent", generator=torch.Generator().manual_seed(1)).images
+
+    reference = ours_run(schedulers.DDIMScheduler.from_config(ode), 1000)
+    runs = {"ours DPM++(2M) Karras, 25 steps": ours_run(schedulers.dpm_solver_from(ode), 25),
+            "diffusers DDIM, 100 steps": theirs_run("DDIMScheduler", ode, 100),
+            "diffusers DDPM (checkpoint config), 100 steps": theirs_run("DDPMScheduler", schedulers.KANDINSKY_2_2_DDPM, 100)}
+    return {name: ((x.float() - reference).norm() / reference.norm()).item() for name, x in runs.items()}
+
+
+CHILDREN = {"unet": child_unet, "text_to_image": child_text_to_image, "movq": child_movq, "solver": child_solver}
+
+
+def child_main(spec):
+    """Run one measurement; print its JSON result as the last stdout line."""
+    device = torch.device(spec["device"])
+    memory = PeakMemory(device)
+    result = CHILDREN[spec["task"]](spec, device, memory)
+    print(json.dumps(result))
+
+
+def child(spec):
+    """Run a measurement in a fresh interpreter (so its peak memory is its own) and return its result."""
+    label = " ".join(str(spec[k]) for k in ("task", "side", "dtype", "size", "sampler") if spec.get(k) is not None)
+    print(f"  running {label} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                         stdout=subprocess.PIPE, text=True, check=True)
+    print(f"    done in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the run and the table
+
+class Table(list):
+    """Rows of the result table, each printed as soon as it is measured."""
+
+    def append(self, row):
+        """Keep and print one row."""
+        super().append(row)
+        print(row, flush=True)
+
+
+def med(xs):
+    """Median."""
+    return statistics.median(xs)
+
+
+def fmt_gb(x):
+    """Gigabytes, or '-'."""
+    return "-" if x is None else f"{x:.2f}"
+
+
+def bench_unet(args, base, rows):
+    """UNet step rows: per (dtype, sizes) case, medians, ratio, FLOP/s against the matmul peak."""
+    cases = [("fp32", args.sizes)]
+    if args.device.type == "cuda":
+        cases += [("fp16", [768]), ("bf16", [768])]
+    elif fast_dtype(args.device) == "bf16":
+        cases += [("bf16", [512])]
+    for dtype, sizes in cases:
+        r = child({**base, "task": "unet", "dtype": dtype, "sizes": sizes, "repeats": args.repeats})
+        peak = r["matmul_peak"]
+        rows.append(f"matmul peak ({dtype}, 4096²): {peak / 1e9:.1f} GFLOP/s")
+        for size, s in r["sizes"].items():
+            ours, theirs = med(s["ours"]), med(s["theirs"])
+            rows.append(f"UNet step {dtype} {size}² batch 2 | ours {ours:.3f}s | diffusers {theirs:.3f}s | "
+                        f"ratio {ours / theirs:.2f} | {s['flops'] / 1e12:.2f} TFLOP, ours {s['flops'] / ours / 1e9:.1f} GFLOP/s "
+                        f"= {100 * s['flops'] / ours / peak:.0f}% of peak (diffusers {100 * s['flops'] / theirs / peak:.0f}%)")
+
+
+def bench_text_to_image(args, base, rows):
+    """End-to-end rows: each side's defaults, then identical settings."""
+    steps = {"prior_steps": 25, "prior_run_steps": 25 if args.full else 2}
+    run = (lambda n: n) if args.full else (lambda n: min(n, 2))
+    fast = fast_dtype(args.device)
+    setups = [("defaults", {"side": "ours", "dtype": fast, "sampler": "dpm++", "steps": 25, "optimize": True},
+               {"side": "theirs", "dtype": "fp32", "sampler": "ddpm", "steps": 100}),
+              ("identical (fp32, DDPM 100)", {"side": "ours", "dtype": "fp32", "sampler": "ddpm", "steps": 100},
+               {"side": "theirs", "dtype": "fp32", "sampler": "ddpm", "steps": 100})]
+    label = "" if args.full else f" [extrapolated from {run(100)} decoder / 2 prior steps]"
+    for name, ours_spec, theirs_spec in setups:
+        got = {}
+        for spec in (ours_spec, theirs_spec):
+            got[spec["side"]] = child({**base, **steps, **spec, "task": "text_to_image", "size": 512,
+                                       "run_steps": run(spec["steps"])})
+        o, t = got["ours"], got["theirs"]
+        rows.append(f"text-to-image 512² {name}{label} | ours ({ours_spec['dtype']}, {ours_spec['sampler']} {ours_spec['steps']}) "
+                    f"{o['total_s']:.1f}s (prior {o['prior_s']:.1f}s, decoder {o['decoder_s']:.1f}s) | diffusers "
+                    f"({theirs_spec['dtype']}, {theirs_spec['sampler']} {theirs_spec['steps']}) {t['total_s']:.1f}s "
+                    f"(prior {t['prior_s']:.1f}s, decoder {t['decoder_s']:.1f}s) | ratio {o['total_s'] / t['total_s']:.2f}")
+        rows.append(f"  peak memory {name} | ours RSS {fmt_gb(o['rss_gb'])} GB, CUDA {fmt_gb(o['cuda_gb'])} GB | diffusers "
+                    f"RSS {fmt_gb(t['rss_gb'])} GB, CUDA {fmt_gb(t['cuda_gb'])} GB | RSS ratio {o['rss_gb'] / t['rss_gb']:.2f}")
+        rows.append(f"  load from safetensors {name} | ours {o['load_s']:.1f}s ({ours_spec['dtype']}) | diffusers "
+                    f"{t['load_s']:.1f}s ({theirs_spec['dtype']}) | ratio {o['load_s'] / t['load_s']:.2f}")
+
+
+def bench_movq(args, base, rows):
+    """MoVQ decode rows at 768² and 1024²: whole (both sides) and our tiled decode with 64-latent tiles."""
+    for size in (768, 1024):
+        got = {}
+        for side, tile in (("ours", None), ("theirs", None), ("ours", 64)):
+            name = side if tile is None else f"ours tiled {tile}"
+            got[name] = child({**base, "task": "movq", "side": side, "tile": tile, "dtype": "fp32", "size": size,
+                               "repeats": args.repeats})
+        o, t, tiled = got["ours"], got["theirs"], got["ours tiled 64"]
+        rows.append(f"MoVQ decode fp32 {size}² | ours {med(o['times']):.2f}s +{o['rss_gb']:.2f} GB | diffusers "
+                    f"{med(t['times']):.2f}s +{t['rss_gb']:.2f} GB | ratio time {med(o['times']) / med(t['times']):.2f}, "
+                    f"memory {o['rss_gb'] / t['rss_gb']:.2f} | ours tiled (64-latent tiles) {med(tiled['times']):.2f}s "
+                    f"+{tiled['rss_gb']:.2f} GB" + ("" if tiled["cuda_gb"] is None else f" (CUDA +{tiled['cuda_gb']:.2f} GB)"))
+
+
+def bench_solver(args, base, rows):
+    """Solver accuracy rows: relative L2 distance of final latents to a 1000-step DDIM reference."""
+    size = 64 if args.full else 256
+    r = child({**base, "task": "solver", "size": size, "decoder": base["decoder"] if args.full else None})
+    model = "full-size UNet" if args.full else "tiny random UNet (UNET_22_TINY)"
+    for name, err in r.items():
+        rows.append(f"solver accuracy, {model} at {size}², |x - x_ref| / |x_ref| vs 1000-step DDIM | {name}: {err:.4f}")
+
+
+def main():
+    """Parse options, write weights once, run the measurements, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few repeats, extrapolated end-to-end (default on CPU)")
+    p.add_argument("--full", action="store_true", help="more repeats, every step run (default on a GPU)")
+    p.add_argument("--sizes", default="256,512,768", help="UNet step sizes, comma separated")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "kandinsky-bench"))
+    p.add_argument("--only", default="unet,text_to_image,movq,solver", help="which parts, comma separated")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child_main(json.loads(args.child))
+    args.device = torch.device(args.device)
+    args.full = args.full or (not args.quick and args.device.type == "cuda")
+    args.repeats = 5 if args.full else 2
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    start = time.perf_counter()
+    decoder, prior = write_weights(args.workdir)
+    base = {"device": str(args.device), "decoder": decoder, "prior": prior}
+    rows = Table()
+    rows.append(f"machine: {torch.get_num_threads()} threads, {args.device}"
+            f"{' ' + torch.cuda.get_device_name() if args.device.type == 'cuda' else ''}, torch {torch.__version__}, "
+            f"mode {'full' if args.full else 'quick'}")
+    parts = {"unet": bench_unet, "text_to_image": bench_text_to_image, "movq": bench_movq, "solver": bench_solver}
+    for name in args.only.split(","):
+        parts[name](args, base, rows)
+    rows.append(f"benchmark wall time {time.perf_counter() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""Bad inputs for every node of the pack, through a real ComfyUI server's API.
+
+Every case is a small workflow that feeds one node something wrong: a wrong type, a NaN or empty tensor, an odd size,
+a mismatched mask or hint, foreign conditioning, or a broken checkpoint file (written under models/kandinsky/hostile/
+here). Each must end in a clear error: ComfyUI's validation (HTTP 400 naming the node and input) or the pack's
+KandinskyError raised by the node the case targets, with a message saying what to do. Anything else is a crash. The
+server must keep serving, and the reference workflow must give the same image after all of them as before.
+NaN reaches nodes through float widgets (ComfyUI's range check lets NaN through) and core nodes given NaN (SolidMask,
+Latent Multiply). Infinite tensors, empty images and empty batches cannot be made with core nodes (a 0-row latent can,
+with Trim Video Latent); test_properties.py covers them on the core functions the nodes call.
+Note: ComfyUI 0.3.75 checks neither V3 combo values against their options nor, for NaN, number ranges, so the pack's
+own checks answer those.
+"""
+import io
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import PromptError
+from graphs import DECODERS, INPAINT_IMAGE, PRIORS, SINGLE_UNET, SIZE, Graph, interpolate_slots
+from hostile_summary import record
+
+pytest_plugins = ["hostile_summary"]
+
+NAN = float("nan")
+HOSTILE = "hostile"
+MARKER = "pickle-payload-ran"  # created in the input folder if a checkpoint's pickle code is ever executed
+
+
+class Payload:
+    """Unpickling this runs `open(path, 'w')`: a harmless stand-in for arbitrary code in a .ckpt."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _copy(root, repo, name, drop=()):
+    target = root / HOSTILE / name
+    shutil.copytree(root / repo, target)
+    for part in drop:
+        shutil.rmtree(target / part)
+    return target
+
+
+def _edit_json(path, **changes):
+    d = json.loads(path.read_text())
+    path.write_text(json.dumps({**d, **changes}))
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                      "corrupt": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))}[how])
+
+
+def write_hostile_files(root, marker):
+    """Broken checkpoints next to the good ones: models/kandinsky/hostile/..."""
+    weights = "diffusion_pytorch_model.safetensors"
+    prior, decoder = PRIORS["2.2"].rstrip("/"), DECODERS["2.2"].rstrip("/")
+    for how in ("corrupt", "truncated", "empty"):
+        _damage(_copy(root, prior, f"prior-{how}") / "prior" / weights, how)
+        _damage(_copy(root, decoder, f"decoder-{how}") / "unet" / weights, how)
+    _copy(root, prior, "prior-no-tokenizer", drop=["tokenizer"])
+    _copy(root, DECODERS["2.1"].rstrip("/"), "decoder-21-no-tokenizer", drop=["tokenizer"])
+    _edit_json(_copy(root, prior, "prior-wrong-config") / "prior" / "config.json", embedding_dim=64)
+    _edit_json(_copy(root, decoder, "decoder-wrong-config") / "unet" / "config.json", block_out_channels=[16, 16])
+    _damage(_copy(root, decoder, "decoder-truncated-movq") / "movq" / weights, "truncated")
+    pickled = _copy(root, prior, "prior-pickle") / "prior"
+    (pickled / weights).unlink()
+    (pickled / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"prd_embedding": Payload(str(marker))}))
+    (root / HOSTILE / "pickle-bomb.ckpt").write_bytes(pickle.dumps({"state_dict": Payload(str(marker))}))
+    (root / HOSTILE / "empty.safetensors").write_bytes(b"")
+    (root / HOSTILE / "notes.bin").write_text("not a checkpoint\n")
+    write_sd_checkpoint(root / HOSTILE / "sd15-renamed.safetensors")
+    depth = root / "depth" / "dpt-tiny"
+    shutil.copytree(depth, root / HOSTILE / "depth-corrupt")
+    _damage(root / HOSTILE / "depth-corrupt" / "model.safetensors", "corrupt")
+    shutil.copytree(depth, root / HOSTILE / "depth-no-processor")
+    (root / HOSTILE / "depth-no-processor" / "preprocessor_config.json").unlink()
+
+
+def write_sd_checkpoint(path):
+    """A (tiny) Stable Diffusion checkpoint in the original single-file layout."""
+    import torch
+    from safetensors.torch import save_file
+
+    keys = ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight",
+            "cond_stage_model.transformer.text_model.embeddings.position_ids"]
+    save_file({k: torch.zeros(4, 4) for k in keys}, str(path))
+
+
+def write_inputs(folder):
+    """An RGB image whose size is not a multiple of 8, for Load Image."""
+    Image.fromarray(np.zeros((SIZE - 1, SIZE - 1, 3), np.uint8)).save(folder / "odd-63.png")
+
+
+@pytest.fixture(scope="module")
+def hostile(comfy):
+    """The server, with the broken checkpoints and odd inputs in its folders."""
+    marker = comfy.base_dir / "input" / MARKER
+    write_hostile_files(comfy.base_dir / "models" / "kandinsky", marker)
+    write_inputs(comfy.base_dir / "input")
+    return comfy
+
+
+def preview(g, link):
+    """An output node that takes anything, so a graph ending in a CONDITIONING or LATENT runs."""
+    return g.add("PreviewAny", source=link)
+
+
+def cond22(g, version="2.2", batch_size=1, steps=2):
+    return g.prior_encode(g.prior(version), steps=steps, batch_size=batch_size)
+
+
+def image(g, width=SIZE, height=SIZE, batch_size=1):
+    return g.add("EmptyImage", width=width, height=height, batch_size=batch_size, color=0x808080)[0]
+
+
+def trimmed_latent(g, rows_cut):
+    """A LATENT with fewer rows: the video-trimming node cuts dimension 2, the height of an image latent."""
+    return g.add("TrimVideoLatent", samples=g.empty_latent()[0], trim_amount=rows_cut)[0]
+
+
+def video_latent(g):
+    return g.add("EmptyHunyuanLatentVideo", width=SIZE, height=SIZE, length=5, batch_size=1)[0]
+
+
+def nan_image(g):
+    return g.add("MaskToImage", mask=g.add("SolidMask", value=NAN, width=SIZE, height=SIZE)[0])[0]
+
+
+def nan_latent(g):
+    return g.add("LatentMultiply", samples=g.empty_latent()[0], multiplier=NAN)[0]
+
+
+def sample(g, decoder="2.2", cond=None, latent=None, **kw):
+    model = g.decoder(decoder)
+    cond = cond or cond22(g)
+    latent = latent or g.empty_latent()[0]
+    return model, g.sampler(model, cond[0], cond[1], latent, **kw)
+
+
+def inpaint(g, pixels, mask, decoder="2.2-inpaint"):
+    model = g.decoder(decoder)
+    c = cond22(g)
+    ic = g.add("Kandinsky2InpaintConditioning", positive=c[0], negative=c[1], movq=model[1], pixels=pixels, mask=mask)
+    return preview(g, ic[0])
+
+
+def depth_sample(g, hint, latent=None, decoder="2.2-depth"):
+    c = cond22(g)
+    h = g.add("Kandinsky2ApplyDepthHint", positive=c[0], negative=c[1], hint=hint)
+    return preview(g, sample(g, decoder, cond=h, latent=latent)[1][0])
+
+
+def interpolate(g, prior="2.2", **slots):
+    return preview(g, g.add("Kandinsky2Interpolate", prior=g.prior(prior)[0], seed=0, steps=2, guidance_scale=4.0,
+                            **interpolate_slots(**slots))[0])
+
+
+def interpolate_batch(g, a, b, frames=4, mode="slerp"):
+    return preview(g, g.add("Kandinsky2InterpolateBatch", embedding_a=a, embedding_b=b, frames=frames, mode=mode)[0])
+
+
+def movq_of(g, decoder="2.2"):
+    return g.decoder(decoder)[1]
+
+
+def encode(g, pixels):
+    return preview(g, g.add("Kandinsky2MoVQEncode", movq=movq_of(g), image=pixels)[0])
+
+
+def decode(g, latent, tile_size=0, movq=None):
+    return g.save(g.decode(movq or movq_of(g), latent, tile_size)[0], "hostile")
+
+
+def emb2emb(g, pixels, strength=0.3, steps=2):
+    return preview(g, g.add("Kandinsky2Emb2Emb", prior=g.prior()[0], image=pixels, prompt="a cat", negative_prompt="",
+                            strength=strength, seed=0, steps=steps, guidance_scale=4.0)[0])
+
+
+def embed(g, pixels):
+    return preview(g, g.add("Kandinsky2ImageEmbedding", prior=g.prior()[0], image=pixels)[0])
+
+
+def load(node, widget, value):
+    return lambda g: preview(g, g.add(node, **{widget: value})[0])
+
+
+def prior_encode(**kw):
+    return lambda g: preview(g, g.prior_encode(g.prior(), **kw)[0])
+
+
+def depth_estimate(pixels):
+    def build(g):
+        model = g.add("Kandinsky2DepthModelLoader", depth_model="depth/dpt-tiny/")
+        return preview(g, g.add("Kandinsky2DepthEstimate", depth_model=model[0], image=pixels(g))[0])
+    return build
+
+
+def concat_cond(g):
+    c = cond22(g)
+    return g.add("ConditioningConcat", conditioning_to=c[0], conditioning_from=c[0])
+
+
+def combine_cond(g):
+    c = cond22(g)
+    return g.add("ConditioningCombine", conditioning_1=c[0], conditioning_2=c[1])
+
+
+def foreign_cond(make):
+    """(positive, negative) where the positive is `make(g)`'s conditioning and the negative a real one."""
+    def build(g):
+        c = cond22(g)
+        return [make(g)[0], c[1]]
+    return build
+
+
+P, D, M, DL = "Kandinsky2PriorLoader", "Kandinsky2DecoderLoader", "Kandinsky2MoVQLoader", "Kandinsky2DepthModelLoader"
+PE, IE, E2E, INT, IB = ("Kandinsky2PriorEncode", "Kandinsky2ImageEmbedding", "Kandinsky2Emb2Emb", "Kandinsky2Interpolate",
+                        "Kandinsky2InterpolateBatch")
+ENC, DEC, IC, DE, S = ("Kandinsky2MoVQEncode", "Kandinsky2MoVQDecode", "Kandinsky2InpaintConditioning",
+                       "Kandinsky2DepthEstimate", "Kandinsky2DecoderSampler")
+VALIDATION, WORKS = "validation", "works"
+# A clear message says what to do: one of these words must appear in it.
+FIX_WORDS = ("use ", "connect", "add ", "pick", "download", "copy", "put ", "give", "load", "crop", "resize", "needs",
+             "check", "remove", "convert", "leave", "raise", "choose", "pass ", "instead", "must be")
+
+# (case id, what must happen: VALIDATION, WORKS or the node that raises KandinskyError, workflow builder)
+CASES = [
+    # loaders: paths, wrong types, broken checkpoints
+    ("prior-path-escape", P, load(P, "prior", "../../etc/passwd")),
+    ("prior-int-widget", P, load(P, "prior", 7)),
+    ("prior-corrupt", P, load(P, "prior", "hostile/prior-corrupt/")),
+    ("prior-truncated", P, load(P, "prior", "hostile/prior-truncated/")),
+    ("prior-empty", P, load(P, "prior", "hostile/prior-empty/")),
+    ("prior-no-tokenizer", P, load(P, "prior", "hostile/prior-no-tokenizer/")),
+    ("prior-wrong-config", P, load(P, "prior", "hostile/prior-wrong-config/")),
+    ("prior-pickle", P, load(P, "prior", "hostile/prior-pickle/")),
+    ("decoder-path-escape", D, load(D, "decoder", "../../../etc/passwd")),
+    ("decoder-absolute-path", D, load(D, "decoder", "/etc/passwd")),
+    ("decoder-corrupt", D, load(D, "decoder", "hostile/decoder-corrupt/")),
+    ("decoder-truncated", D, load(D, "decoder", "hostile/decoder-truncated/")),
+    ("decoder-empty", D, load(D, "decoder", "hostile/decoder-empty/")),
+    ("decoder-wrong-config", D, load(D, "decoder", "hostile/decoder-wrong-config/")),
+    ("decoder-21-no-tokenizer", D, load(D, "decoder", "hostile/decoder-21-no-tokenizer/")),
+    ("decoder-truncated-movq", D, load(D, "decoder", "hostile/decoder-truncated-movq/")),
+    ("decoder-sd-checkpoint", D, load(D, "decoder", "hostile/sd15-renamed.safetensors")),
+    ("decoder-pickle-bomb", D, load(D, "decoder", "hostile/pickle-bomb.ckpt")),
+    ("decoder-empty-file", D, load(D, "decoder", "hostile/empty.safetensors")),
+    ("decoder-text-file", D, load(D, "decoder", "hostile/notes.bin")),
+    ("movq-sd-checkpoint", M, load(M, "movq", "hostile/sd15-renamed.safetensors")),
+    ("movq-given-unet", M, load(M, "movq", SINGLE_UNET)),
+    ("movq-truncated", M, load(M, "movq", "hostile/decoder-truncated-movq/")),
+    ("movq-pickle-bomb", M, load(M, "movq", "hostile/pickle-bomb.ckpt")),
+    ("depth-path-escape", DL, load(DL, "depth_model", "../depth/dpt-tiny/")),
+    ("depth-corrupt", DL, load(DL, "depth_model", "hostile/depth-corrupt/")),
+    ("depth-no-processor", DL, load(DL, "depth_model", "hostile/depth-no-processor/")),
+    # prior nodes
+    ("prior-encode-steps-1", VALIDATION, prior_encode(steps=1)),
+    ("prior-encode-batch-0", VALIDATION, prior_encode(batch_size=0)),
+    ("prior-encode-batch-100000", VALIDATION, prior_encode(batch_size=100000)),
+    ("prior-encode-seed-negative", VALIDATION, prior_encode(seed=-1)),
+    ("prior-encode-guidance-nan", PE, prior_encode(guidance_scale=NAN)),
+    ("prior-encode-guidance-string", VALIDATION, prior_encode(guidance_scale="strong")),
+    ("prior-encode-long-prompt", WORKS, prior_encode(prompt="a red cat " * 2000)),
+    ("prior-encode-image-as-prior", VALIDATION,
+     lambda g: preview(g, g.add(PE, prior=image(g), prompt="x", negative_prompt="", seed=0, steps=2,
+                                guidance_scale=4.0, batch_size=1)[0])),
+    ("image-embedding-1px", WORKS, lambda g: embed(g, image(g, 1, 1))),
+    ("image-embedding-63px", WORKS, lambda g: embed(g, image(g, 63, 63))),
+    ("image-embedding-nan", IE, lambda g: embed(g, nan_image(g))),
+    ("image-embedding-latent-as-image", VALIDATION, lambda g: embed(g, g.empty_latent()[0])),
+    ("emb2emb-strength-nan", E2E, lambda g: emb2emb(g, image(g), strength=NAN)),
+    ("emb2emb-no-step-left", E2E, lambda g: emb2emb(g, image(g), strength=0.01)),
+    ("interpolate-all-weights-0", INT, lambda g: interpolate(g, weight_1=0.0, weight_2=0.0, text_1="a", text_2="b")),
+    ("interpolate-weight-nan", INT, lambda g: interpolate(g, text_1="a", weight_1=NAN)),
+    ("interpolate-concat-embedding", INT, lambda g: interpolate(g, weight_1=1.0, embedding_1=concat_cond(g)[0])),
+    ("interpolate-batch-mismatch", INT,
+     lambda g: interpolate(g, weight_1=0.5, image_1=image(g, batch_size=2), weight_2=0.5,
+                           image_2=image(g, batch_size=3))),
+    ("interpolate-21-embedding-in-22", INT,
+     lambda g: interpolate(g, weight_1=1.0, embedding_1=cond22(g, "2.1")[0])),
+    ("interpolate-batch-frames-1", VALIDATION, lambda g: interpolate_batch(g, cond22(g)[0], cond22(g)[0], frames=1)),
+    ("interpolate-batch-mode", IB, lambda g: interpolate_batch(g, cond22(g)[0], cond22(g)[0], mode="cubic")),
+    ("interpolate-batch-batch-2", IB, lambda g: interpolate_batch(g, cond22(g, batch_size=2)[0], cond22(g)[0])),
+    ("interpolate-batch-versions", IB, lambda g: interpolate_batch(g, cond22(g)[0], cond22(g, "2.1")[0])),
+    ("interpolate-batch-combined", IB, lambda g: interpolate_batch(g, combine_cond(g)[0], cond22(g)[0])),
+    # image nodes
+    ("encode-1px", ENC, lambda g: encode(g, image(g, 1, 1))),
+    ("encode-63px", ENC, lambda g: encode(g, g.load_image("odd-63.png")[0])),
+    ("encode-nan", ENC, lambda g: encode(g, nan_image(g))),
+    ("encode-100000px", VALIDATION, lambda g: encode(g, image(g, 100000, 64))),
+    ("encode-rgba", WORKS, lambda g: encode(g, g.add("JoinImageWithAlpha", image=image(g),
+                                                     alpha=g.load_image(INPAINT_IMAGE)[1])[0])),
+    ("decode-tile-63", DEC, lambda g: decode(g, g.empty_latent()[0], tile_size=63)),
+    ("decode-tile-100000", VALIDATION, lambda g: decode(g, g.empty_latent()[0], tile_size=100000)),
+    ("decode-16-channel-latent", DEC,
+     lambda g: decode(g, g.add("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)[0])),
+    ("decode-nan-latent", DEC, lambda g: decode(g, nan_latent(g))),
+    ("decode-empty-latent", DEC, lambda g: decode(g, trimmed_latent(g, SIZE))),
+    ("decode-video-latent", DEC, lambda g: decode(g, video_latent(g))),
+    ("decode-1-row-latent", WORKS, lambda g: decode(g, trimmed_latent(g, SIZE // 8 - 1))),
+    ("decode-without-movq", DEC, lambda g: decode(g, g.empty_latent()[0], movq=g.decoder(SINGLE_UNET)[1])),
+    ("decode-image-as-latent", VALIDATION, lambda g: decode(g, image(g))),
+    ("inpaint-mask-size", IC, lambda g: inpaint(g, image(g), g.add("SolidMask", value=1.0, width=32, height=32)[0])),
+    ("inpaint-image-as-mask", VALIDATION, lambda g: inpaint(g, image(g), image(g))),
+    ("inpaint-mask-count", IC,
+     lambda g: inpaint(g, image(g, batch_size=2),
+                       g.add("ImageToMask", image=image(g, batch_size=3), channel="red")[0])),
+    ("inpaint-63px", IC, lambda g: inpaint(g, g.load_image("odd-63.png")[0],
+                                           g.add("SolidMask", value=1.0, width=63, height=63)[0])),
+    ("inpaint-nan-mask", IC, lambda g: inpaint(g, image(g), g.add("SolidMask", value=NAN, width=SIZE, height=SIZE)[0])),
+    ("inpaint-without-movq", IC, lambda g: inpaint(g, image(g), g.load_image(INPAINT_IMAGE)[1], decoder=SINGLE_UNET)),
+    ("depth-estimate-1px", WORKS, depth_estimate(lambda g: image(g, 1, 1))),
+    ("depth-estimate-nan", DE, depth_estimate(nan_image)),
+    # the decoder sampler: conditioning, latents, hints, widgets
+    ("sampler-21-cond-in-22", S, lambda g: preview(g, sample(g, cond=cond22(g, "2.1"))[1][0])),
+    ("sampler-concat-cond", S, lambda g: preview(g, sample(g, cond=foreign_cond(concat_cond)(g))[1][0])),
+    ("sampler-combined-cond", S, lambda g: preview(g, sample(g, cond=foreign_cond(combine_cond)(g))[1][0])),
+    ("sampler-zeroed-cond", WORKS,
+     lambda g: preview(g, sample(g, cond=foreign_cond(
+         lambda g: g.add("ConditioningZeroOut", conditioning=cond22(g)[0]))(g))[1][0])),
+    ("sampler-latent-63px", S, lambda g: preview(g, sample(g, latent=g.empty_latent(63, 63)[0])[1][0])),
+    ("sampler-latent-16-channel", S, lambda g: preview(g, sample(g, latent=g.add(
+        "EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)[0])[1][0])),
+    ("sampler-latent-empty", S, lambda g: preview(g, sample(g, latent=trimmed_latent(g, SIZE))[1][0])),
+    ("sampler-latent-1-row", S, lambda g: preview(g, sample(g, latent=trimmed_latent(g, SIZE // 8 - 1))[1][0])),
+    ("sampler-latent-video", S, lambda g: preview(g, sample(g, latent=video_latent(g))[1][0])),
+    ("sampler-latent-batch-3-for-2", S,
+     lambda g: preview(g, sample(g, cond=cond22(g, batch_size=2), latent=g.empty_latent(batch_size=3)[0])[1][0])),
+    ("sampler-latent-batch-100000", VALIDATION,
+     lambda g: preview(g, sample(g, latent=g.empty_latent(batch_size=100000)[0])[1][0])),
+    ("sampler-latent-batch-64", WORKS, lambda g: preview(g, sample(g, latent=g.empty_latent(batch_size=64)[0])[1][0])),
+    ("sampler-guidance-nan", S, lambda g: preview(g, sample(g, guidance_scale=NAN)[1][0])),
+    ("sampler-denoise-nan", S, lambda g: preview(g, sample(g, denoise=NAN)[1][0])),
+    ("sampler-nan-latent-img2img", S, lambda g: preview(g, sample(g, latent=nan_latent(g), denoise=0.5)[1][0])),
+    ("sampler-steps-0", VALIDATION, lambda g: preview(g, sample(g, steps=0)[1][0])),
+    ("sampler-unknown-sampler", S, lambda g: preview(g, sample(g, sampler="euler")[1][0])),
+    ("sampler-prior-as-model", VALIDATION,
+     lambda g: preview(g, g.add(S, model=g.prior()[0], positive=cond22(g)[0], negative=cond22(g)[1],
+                                latent_image=g.empty_latent()[0], seed=0, steps=2, guidance_scale=4.0,
+                                sampler="checkpoint", denoise=1.0)[0])),
+    ("sampler-inpaint-without-conditioning", S, lambda g: preview(g, sample(g, "2.2-inpaint")[1][0])),
+    ("sampler-depth-without-hint", S, lambda g: preview(g, sample(g, "2.2-depth")[1][0])),
+    ("sampler-hint-on-plain-decoder", S, lambda g: depth_sample(g, image(g), decoder="2.2")),
+    ("sampler-hint-32px", WORKS, lambda g: depth_sample(g, image(g, 32, 32))),
+    ("sampler-hint-rgba", WORKS,
+     lambda g: depth_sample(g, g.add("JoinImageWithAlpha", image=image(g), alpha=g.load_image(INPAINT_IMAGE)[1])[0])),
+    ("sampler-hint-batch-3-for-2", S,
+     lambda g: depth_sample(g, image(g, batch_size=3), latent=g.empty_latent(batch_size=2)[0])),
+    ("sampler-hint-nan", S, lambda g: depth_sample(g, nan_image(g))),
+]
+
+
+def reference_workflow(prefix):
+    """Text-to-image with the tiny 2.2 models, saved as PNG."""
+    g = Graph()
+    c = cond22(g)
+    model, latents = sample(g, cond=c)
+    g.decode_and_save(model[1], latents[0], prefix)
+    return g.prompt
+
+
+def run_reference(comfy, prefix):
+    """(pixels of the reference image, ids of the nodes ComfyUI took from its cache)."""
+    entry = comfy.wait(comfy.queue(reference_workflow(prefix)), timeout=120)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    cached = [n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]]
+    (saved,) = next(iter(o["images"] for o in entry["outputs"].values() if "images" in o))
+    png = comfy.get_image(saved["filename"], saved["subfolder"], saved["type"])
+    return np.asarray(Image.open(io.BytesIO(png))), cached
+
+
+@pytest.fixture(scope="module")
+def reference(hostile):
+    """The reference image, made before any bad input reaches the server."""
+    return run_reference(hostile, "reference_before")[0]
+
+
+def outcome(comfy, prompt, timeout=120):
+    """('validation', node ids, message) for HTTP 400, ('error', node_type, exception_type, message), or ('success',)."""
+    try:
+        prompt_id = comfy.queue(prompt)
+    except PromptError as err:
+        return ("validation", sorted(err.node_errors), str(err))
+    entry = comfy.wait(prompt_id, timeout=timeout)
+    for kind, data in entry["status"]["messages"]:
+        if kind == "execution_error":
+            return ("error", data["node_type"], data["exception_type"], data["exception_message"])
+    return ("success",)
+
+
+def server_alive(comfy):
+    return comfy.process.poll() is None and "system" in comfy._json("GET", "/system_stats")
+
+
+@pytest.mark.parametrize("case,expected,build", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_clear_error(hostile, reference, case, expected, build):
+    g = Graph()
+    build(g)
+    result = outcome(hostile, g.prompt)
+    if not server_alive(hostile):
+        record(case, "crash", "server died")
+        pytest.fail(f"{case}: the server died\n{hostile.log_tail()}")
+    if result[0] == "error" and not result[2].endswith("KandinskyError"):
+        record(case, "crash", f"{result[1]}: {result[2]}: {result[3]}")
+        pytest.fail(f"{case}: {result[1]} crashed with {result[2]}: {result[3]}")
+    record(case, "worked" if result[0] == "success" else "clear error")
+    if expected == VALIDATION:
+        assert result[0] == "validation" and result[1], result
+        assert "prior-pickle" not in case or not (hostile.base_dir / "input" / MARKER).exists()
+    elif expected == WORKS:
+        assert result == ("success",), result
+    else:
+        assert result[0] == "error" and result[1] == expected, result
+        assert len(result[3]) > 40 and any(w in result[3].lower() for w in FIX_WORDS), result[3]
+    assert not (hostile.base_dir / "input" / MARKER).exists(), "a checkpoint's pickle code ran"
+
+
+def test_same_image_after_bad_inputs(hostile, reference):
+    after, cached = run_reference(hostile, "reference_after")
+    graph = reference_workflow("x")
+    sampler = next(k for k, n in graph.items() if n["class_type"] == S)
+    assert sampler not in cached, "the sampler must run again, not come from ComfyUI's cache"
+    np.testing.assert_array_equal(after, reference)
+    record("reference image after the bad inputs", "worked")
