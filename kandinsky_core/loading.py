@@ -209,14 +209,12 @@ def read_config(path, kind):
         if d.get("_class_name", expected) != expected:
             raise KandinskyError(f"{config_file} describes a {d['_class_name']}, not a Kandinsky {kind} ({expected}).")
         return config_cls.from_dict(d)
-    meta = read_metadata_config(weights)
-    if meta is not None:
-        return config_cls.from_dict(meta)
     shapes = read_shapes(weights)
     found = identify(shapes)
     if found != kind:
         raise KandinskyError(f"{path} is a Kandinsky {found}, not a {kind}; load it with the {found} loader.")
-    return from_shapes(shapes)
+    meta = read_metadata_config(weights)
+    return config_cls.from_dict(meta) if meta is not None else from_shapes(shapes)
 
 
 def build(kind, config, *, operations=nn, dtype=None):

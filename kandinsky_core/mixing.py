@@ -5,6 +5,7 @@ from .errors import KandinskyError
 
 MODES = ("linear", "slerp")
 
+MAX_FRAMES = 10_000  # far beyond any animation; past it the (frames, ..., D) result could exhaust memory
 # Below this sine of the angle the two directions are treated as equal (slerp's weights tend to linear ones there).
 _PARALLEL = 1e-6
 
@@ -17,8 +18,8 @@ def embedding_path(a, b, frames, mode="linear"):
     """
     if mode not in MODES:
         raise KandinskyError(f"interpolation mode {mode!r} is not one of {', '.join(MODES)}; pick one of those.")
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
-        raise KandinskyError(f"frames must be an integer ≥ 2 (the two ends are frames), got {frames!r}.")
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
+        raise KandinskyError(f"frames must be an integer from 2 (the two ends) to {MAX_FRAMES}, got {frames!r}.")
     if a.shape != b.shape:
         raise KandinskyError(f"cannot interpolate embeddings of shapes {tuple(a.shape)} and {tuple(b.shape)}; use "
                              "embeddings of the same Kandinsky version and batch size.")

@@ -106,10 +106,9 @@ def check_embeddings(cross_attn, variant, dim):
         raise KandinskyError(f"The Kandinsky {variant} decoder got text-encoder conditioning of shape {shape} (e.g. from "
                              "CLIP Text Encode); it needs image-embedding conditioning from Kandinsky Prior Encode.")
     if cross_attn.shape[-1] != dim:
-        other = {768: "2.1", 1280: "2.2"}.get(cross_attn.shape[-1], "another model")
+        source = {768: "a Kandinsky 2.1 prior", 1280: "a Kandinsky 2.2 prior"}.get(cross_attn.shape[-1], "another prior")
         raise KandinskyError(f"The Kandinsky {variant} decoder takes {dim}-dim image embeddings but got "
-                             f"{cross_attn.shape[-1]}-dim ones from a Kandinsky {other} prior; use the prior of the "
-                             "decoder's version.")
+                             f"{cross_attn.shape[-1]}-dim ones from {source}; use the prior of the decoder's version.")
     return cross_attn
 
 

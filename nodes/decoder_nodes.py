@@ -58,8 +58,8 @@ class DecoderSampler(io.ComfyNode):
                                                         "re-draw when denoise < 1 (Kandinsky MoVQ Encode)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise (a CPU generator: same image on any device)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps; diffusers uses 100 with "
-                                                                            "DDPM, 20-30 suffice with DPM++."),
+                io.Int.Input("steps", default=50, min=1, max=999, tooltip="Denoising steps; diffusers uses 100 with "
+                                                                           "DDPM, 20-30 suffice with DPM++."),
                 io.Float.Input("guidance_scale", default=4.0, min=1.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance; 1 disables it (and the negative)."),
                 io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint",
@@ -81,7 +81,8 @@ class DecoderSampler(io.ComfyNode):
         core = D.DecoderModels(unet.unet, None, make_scheduler(decoder.scheduler_config, sampler), unet.text_encoder, decoder.tokenizer)
         init = latent_image["samples"]
         n = repeats(emb.shape[0], init.shape[0])
-        hint = hint_tensor(extra["kandinsky_hint"], init) if "kandinsky_hint" in extra else None
+        needs_hint = "kandinsky_hint" in extra or decoder.variant == "2.2-depth"
+        hint = hint_tensor(extra.get("kandinsky_hint"), init) if needs_hint else None
         cond = D.conditioning(core, emb, neg, extra.get("kandinsky_prompt"), neg_extra.get("kandinsky_prompt"), n, guidance_scale, hint)
         run = dict(steps=steps, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
                    callback=step_callback(steps, cls.hidden.unique_id, model))

