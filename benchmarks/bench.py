@@ -294,12 +294,15 @@ def child_solver(spec, device, memory):
 
     def theirs_run(cls, config, steps):
         scheduler = getattr(diffusers, cls).from_config({k: v for k, v in config.items() if k != "_class_name"})
-        pipe = diffusers.KandinskyV22Pipeline(unet=their_unet, scheduler=scheduler, movq=diffusers.VQModel())
+        # output_type="latent" never runs the MoVQ; the pipeline only reads its 8x scale factor from the config.
+        movq = diffusers.VQModel(block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                                 up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8)
+        pipe = diffusers.KandinskyV22Pipeline(unet=their_unet, scheduler=scheduler, movq=movq)
         pipe.set_progress_bar_config(disable=True)
         return pipe(emb, neg, height=size, width=size, num_inference_steps=steps, latents=noise.clone(),
                     output_type="latent", generator=torch.Generator().manual_seed(1)).images
 
-    reference = ours_run(schedulers.DDIMScheduler.from_config(ode), 1000)
+    reference = ours_run(schedulers.DDIMScheduler.from_config({**ode, "steps_offset": 0}), 1000)  # 1000 steps need offset 0
     runs = {"ours DPM++(2M) Karras, 25 steps": ours_run(schedulers.dpm_solver_from(ode), 25),
             "diffusers DDIM, 100 steps": theirs_run("DDIMScheduler", ode, 100),
             "diffusers DDPM (checkpoint config), 100 steps": theirs_run("DDPMScheduler", schedulers.KANDINSKY_2_2_DDPM, 100)}
