@@ -70,10 +70,34 @@ def iter_tensors(path, dtype=None, device="cpu"):
             continue
         try:
             with safe_open(file, framework="pt", device="cpu") as f:
-                for k in f.keys():
-                    yield k, _cast(f.get_tensor(k), dtype, device)
+                keys = list(f.keys())
+                if dtype is None:  # no conversion: the tensors can stay views of the memory-mapped file
+                    for k in keys:
+                        yield k, _cast(f.get_tensor(k), dtype, device)
         except SafetensorError as err:
             raise _safetensors_error(file, err) from None
+        if dtype is not None:
+            yield from _read_converted(file, keys, dtype, device)
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def _read_converted(file, keys, dtype, device):
+    """Tensors read one at a time with plain reads, then converted: peak memory is the converted model plus one
+    source tensor, where a memory map would keep every page read resident until the file is closed."""
+    with open(file, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        for k in keys:
+            entry = header[k]
+            begin, end = entry["data_offsets"]
+            f.seek(8 + header_size + begin)
+            data, source = bytearray(f.read(end - begin)), SAFETENSORS_DTYPES[entry["dtype"]]
+            t = torch.frombuffer(data, dtype=source) if data else torch.empty(0, dtype=source)
+            yield k, _cast(t.reshape(entry["shape"]), dtype, device)
 
 
 def _torch_load(file):

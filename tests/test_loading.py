@@ -72,6 +72,8 @@ def test_weights_load_straight_into_dtype_and_device(repos):
     model = loading.load_component(repos["kandinsky-2-2-decoder"], "unet", dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+    full = loading.load_component(repos["kandinsky-2-2-decoder"], "unet")  # memory-mapped path, no conversion
+    assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(model.state_dict().values(), full.state_dict().values()))
 
 
 @pytest.mark.parametrize("config", [U.UNET_21, U.UNET_21_INPAINT, U.UNET_22, U.UNET_22_INPAINT, U.UNET_22_DEPTH])
