@@ -31,7 +31,8 @@ class Prior:
 
     def ready(self):
         """Load the networks onto the compute device through ComfyUI's memory manager; returns the core models."""
-        mm.load_models_gpu(self.patchers)
+        # Whole: the CLIP towers are plain transformers layers, which ModelPatcher cannot load partially.
+        mm.load_models_gpu(self.patchers, force_full_load=True)
         return self.models
 
 

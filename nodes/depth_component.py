@@ -4,6 +4,7 @@ import comfy.model_patcher
 import torch
 
 from ..kandinsky_core import depth
+from .components import Holder
 
 
 class Depth:
@@ -11,9 +12,7 @@ class Depth:
 
     def __init__(self, model, processor, load_device, offload_device):
         self.model, self.processor = model, processor
-        # Patched through a holder module: ModelPatcher assigns `.device`, a read-only property on transformers models.
-        self.patcher = comfy.model_patcher.ModelPatcher(torch.nn.ModuleList([model]), load_device=load_device,
-                                                        offload_device=offload_device)
+        self.patcher = comfy.model_patcher.ModelPatcher(Holder(model), load_device=load_device, offload_device=offload_device)
 
     def ready(self):
         """Load onto the compute device through ComfyUI's memory manager; returns (model, processor)."""
