@@ -162,6 +162,9 @@ def interpolate(models, items, weights, *, steps=25, guidance_scale=4.0, num_ima
             emb = embed_images(models, item if isinstance(item, torch.Tensor) else [item])
             emb = emb.repeat(n, 1) if emb.shape[0] == 1 else emb.repeat_interleave(n, dim=0)
         total = total + emb * weight
+    if negative_prompt == "" and negative_prior_prompt is None:
+        # diffusers samples a whole prior run here only to return its zero-image negative; skip straight to it.
+        return total, zero_image_embeds(models, n)
     positive, negative = sample_prior(models, negative_prompt, negative_prior_prompt, **run)
     return total, negative if negative_prompt == "" else positive
 
