@@ -1,0 +1,92 @@
+"""Kandinsky 3's prompt tokenizer: the T5/UL2 SentencePiece model read with the `sentencepiece` package.
+
+The published `tokenizer/` folder holds only `spiece.model` (no `tokenizer.json`). transformers 5 would convert it with
+`protobuf`, which ComfyUI does not install (and without which it fails with a misleading "tiktoken is required");
+`sentencepiece` is in ComfyUI's requirements. The ids equal transformers' `T5Tokenizer` called as the pipelines call it,
+`tokenizer(prompt, padding="max_length", max_length=128, truncation=True)`: special tokens written in the prompt
+(`</s>`, `<extra_id_0>`, ...) are matched first and the text between them is encoded on its own, the ids are cut to
+`max_length - 1`, the end-of-sequence id is appended, and padding fills up to `max_length`.
+"""
+import json
+import os
+import re
+
+import torch
+
+from ..errors import KandinskyError
+
+MAX_LENGTH = 128  # the pipelines' prompt length
+EXTRA_IDS = 100  # T5's sentinel tokens <extra_id_0..99>, numbered down from the top of the vocabulary
+
+
+def _added_tokens(folder, sp):
+    """({token text: id}, {token text: regex}) of the tokens transformers adds to the SentencePiece vocabulary.
+
+    The regex absorbs the whitespace a token strips on its left or right (`lstrip`/`rstrip` in tokenizer_config.json).
+    """
+    config_file, added_file = os.path.join(folder, "tokenizer_config.json"), os.path.join(folder, "added_tokens.json")
+    decoder = {}
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            decoder = json.load(f).get("added_tokens_decoder") or {}
+    if decoder:
+        ids = {entry["content"]: int(i) for i, entry in decoder.items()}
+        regexes = {entry["content"]: r"\s*" * bool(entry.get("lstrip")) + re.escape(entry["content"]) +
+                   r"\s*" * bool(entry.get("rstrip")) for entry in decoder.values()}
+        return ids, regexes
+    if os.path.isfile(added_file):
+        with open(added_file, encoding="utf-8") as f:
+            ids = {k: int(v) for k, v in json.load(f).items()}
+    else:
+        size = sp.get_piece_size()
+        ids = {f"<extra_id_{i}>": size + EXTRA_IDS - 1 - i for i in range(EXTRA_IDS)}
+    return ids, {}
+
+
+class T5Tokenizer:
+    """Prompts to (input_ids, attention_mask), both (B, max_length) LongTensors, as transformers' T5Tokenizer."""
+
+    def __init__(self, model_file):
+        import sentencepiece  # in ComfyUI's requirements; imported here so 2.x users never need it
+
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
+        added, regexes = _added_tokens(os.path.dirname(model_file), self.sp)
+        self.special = {**{self.sp.id_to_piece(i): i for i in (self.pad_id, self.eos_id, self.sp.unk_id())}, **added}
+        # Longest first, so that no special token is cut short by another one that starts it.
+        tokens = sorted(self.special, key=len, reverse=True)
+        self.pattern = re.compile("|".join(regexes.get(t, re.escape(t)) for t in tokens))
+
+    def encode(self, text):
+        """The ids of `text` without end-of-sequence token, padding or truncation."""
+        ids, start = [], 0
+        for match in self.pattern.finditer(text):
+            ids += self.sp.encode(text[start:match.start()])
+            ids.append(self.special[match.group().strip()])
+            start = match.end()
+        return ids + self.sp.encode(text[start:])
+
+    def __call__(self, prompts, max_length=MAX_LENGTH):
+        """(input_ids, attention_mask) for a prompt or a list of prompts, padded and truncated to `max_length`."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = torch.full((len(prompts), max_length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), max_length), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            tokens = self.encode(prompt)[:max_length - 1] + [self.eos_id]
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            mask[row, :len(tokens)] = 1
+        return ids, mask
+
+
+def load_tokenizer(folder):
+    """The T5 tokenizer in a kandinsky-3 `tokenizer/` folder (or the repo folder holding it), offline."""
+    if os.path.isdir(os.path.join(folder, "tokenizer")):
+        folder = os.path.join(folder, "tokenizer")
+    model_file = os.path.join(folder, "spiece.model")
+    if not os.path.isfile(model_file):
+        raise KandinskyError(f"{folder} has no spiece.model; copy the tokenizer/ folder of "
+                             "kandinsky-community/kandinsky-3 (spiece.model and its json files).")
+    try:
+        return T5Tokenizer(model_file)
+    except (RuntimeError, OSError) as err:  # sentencepiece reports a damaged model as RuntimeError/OSError
+        raise KandinskyError(f"{model_file} is not a readable SentencePiece model ({err}); download it again.") from None
