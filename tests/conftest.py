@@ -7,6 +7,7 @@ from PIL import Image
 
 from comfy_server import COMFYUI_DIR, REPO, ComfyServer
 from graphs import DEPTH_MODEL, INPAINT_IMAGE, INPUT_IMAGE, SINGLE_UNET, SIZE
+from lora_files import write_example_loras
 
 
 def write_models(root):
@@ -20,6 +21,7 @@ def write_models(root):
         config = json.load(f)
     (root / SINGLE_UNET).parent.mkdir(parents=True)
     tiny.save_single_file(loading.load_component(unet, "unet"), config, str(root / SINGLE_UNET))
+    write_example_loras(root.parent / "loras", root)  # models/loras: the LoRA example workflow's files
 
 
 def write_inputs(folder):

@@ -39,3 +39,19 @@ def write_lora(path, state_dict):
     """Save as safetensors with diffusers' metadata."""
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
     return path
+
+
+def model_shapes(kandinsky_root, folder, part):
+    """{weight key: shape} of a tiny checkpoint's part (e.g. 'kandinsky-2-2-decoder', 'unet') under `kandinsky_root`."""
+    from kandinsky_core import loading
+
+    return loading.read_shapes(loading.weights_path(str(kandinsky_root / folder / part)))
+
+
+def write_example_loras(folder, kandinsky_root):
+    """The example workflow's two LoRAs (attn-procs naming), sized for the tiny 2.2 decoder and prior."""
+    folder.mkdir(parents=True, exist_ok=True)
+    decoder = model_shapes(kandinsky_root, "kandinsky-2-2-decoder", "unet")
+    write_lora(folder / DECODER_LORA, random_lora(decoder, "decoder", seed=10))
+    write_lora(folder / PRIOR_LORA, random_lora(model_shapes(kandinsky_root, "kandinsky-2-2-prior", "prior"), "prior",
+                                                seed=11))

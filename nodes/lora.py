@@ -1,0 +1,132 @@
+"""Kandinsky 2.2 LoRAs the ComfyUI way: decoder LoRAs through ComfyUI's own LoRA loaders, prior LoRAs through the
+Kandinsky Prior LoRA node. Both become ModelPatcher weight patches, so ComfyUI's strength, stacking and unpatching
+apply and a strength change or a removed LoRA never reloads the base weights.
+
+ComfyUI (0.3.75 to 0.30.0) has no registry for LoRA key names: `comfy.lora.model_lora_keys_unet` knows each core
+model by an isinstance branch. `install` wraps it to add our decoder's names (only for our decoder), which every
+LoRA path consults (LoraLoader, LoraLoaderModelOnly, hook LoRAs). ComfyUI merely logs keys it cannot place, so
+`install` also wraps `comfy.sd.load_lora_for_models` to refuse, before anything is cloned or patched, a file that is
+not a decoder LoRA fitting this decoder: a KandinskyError naming the file and what it is for.
+"""
+import copy
+import functools
+import os
+
+import comfy.lora
+import comfy.sd
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+from safetensors import safe_open
+
+from . import types
+from .decoder_model import KandinskyDecoder
+from ..kandinsky_core import lora as core
+from ..kandinsky_core.errors import KandinskyError
+
+UNET_PREFIX = "diffusion_model.unet."  # where the core UNet sits in the decoder MODEL's state dict
+HINTS = {"decoder": "load it with Load LoRA (LoraLoaderModelOnly) onto the MODEL of Kandinsky Decoder Loader",
+         "prior": "load it with Kandinsky Prior LoRA onto the prior"}
+
+
+def _shapes(net):
+    return {k: v.shape for k, v in net.state_dict().items()}
+
+
+def _file_name(state_dict):
+    """The models/loras file holding this state dict (ComfyUI's loaders hand over tensors, not the file name)."""
+    keys = sorted(state_dict)
+    for name in folder_paths.get_filename_list("loras"):
+        path = folder_paths.get_full_path("loras", name)
+        if not keys or not path or not path.endswith((".safetensors", ".sft")):
+            continue
+        try:
+            with safe_open(path, framework="pt") as f:
+                if sorted(f.keys()) == keys and torch.equal(f.get_tensor(keys[0]), state_dict[keys[0]]):
+                    return name
+        except Exception:  # an unreadable neighbour is not this file
+            continue
+    return "this LoRA"
+
+
+def checked_lora(state_dict, kind, net, name=None):
+    """The parsed LoRA if it is a `kind` LoRA fitting `net`; else a KandinskyError naming the file."""
+    try:
+        lora = core.parse_lora(state_dict, name or "this LoRA")
+        core.check_fits(lora, kind, _shapes(net), HINTS)
+        return lora
+    except KandinskyError:
+        if name is not None:
+            raise
+    return checked_lora(state_dict, kind, net, _file_name(state_dict))  # raises again, now with the file's name
+
+
+def _with_decoder_keys(original):
+    @functools.wraps(original)
+    def model_lora_keys_unet(model, key_map=None):
+        key_map = original(model, {} if key_map is None else key_map)
+        if isinstance(model, KandinskyDecoder):
+            key_map.update(core.lora_key_map(model.diffusion_model.unet.state_dict(), UNET_PREFIX))
+        return key_map
+    return model_lora_keys_unet
+
+
+def _with_decoder_check(original):
+    @functools.wraps(original)
+    def load_lora_for_models(model, clip, lora, *args, **kwargs):
+        if model is not None and isinstance(model.model, KandinskyDecoder):
+            checked_lora(lora, "decoder", model.model.diffusion_model.unet)
+        return original(model, clip, lora, *args, **kwargs)
+    return load_lora_for_models
+
+
+def install():
+    """Teach ComfyUI's LoRA loaders the Kandinsky decoder (idempotent: a reloaded pack does not wrap twice)."""
+    for module, name, wrap in ((comfy.lora, "model_lora_keys_unet", _with_decoder_keys),
+                               (comfy.sd, "load_lora_for_models", _with_decoder_check)):
+        current = getattr(module, name)
+        if not getattr(current, "kandinsky_wrapped", False):
+            wrapped = wrap(current)
+            wrapped.kandinsky_wrapped = True
+            setattr(module, name, wrapped)
+
+
+def prior_with_lora(prior, path, strength):
+    """A copy of the Prior whose transformer patcher is a clone carrying the LoRA (the CLIP towers are shared)."""
+    state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+    net = prior.models.prior
+    checked_lora(state_dict, "prior", net, os.path.basename(path))
+    patches = comfy.lora.load_lora(state_dict, core.lora_key_map(net.state_dict()), log_missing=False)
+    patched = copy.copy(prior)
+    patched.patchers = [prior.patchers[0].clone(), *prior.patchers[1:]]
+    patched.patchers[0].add_patches(patches, strength)
+    return patched
+
+
+class PriorLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="Kandinsky2PriorLoRA", display_name="Kandinsky Prior LoRA", category=f"{types.CATEGORY}/loaders",
+            description="Applies a Kandinsky 2.2 prior LoRA from models/loras to a prior. The weights are patched when "
+                        "the prior runs: changing the strength or removing the LoRA never reloads the prior. Decoder "
+                        "LoRAs go on the decoder MODEL through ComfyUI's Load LoRA (model only).",
+            inputs=[types.Prior.Input("prior", tooltip="A prior from Kandinsky Prior Loader (or another Prior LoRA)."),
+                    io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
+                                   tooltip="A prior LoRA file in models/loras (diffusers' Kandinsky 2.2 prior LoRA "
+                                           "trainer output, attn-procs or PEFT naming)."),
+                    io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01,
+                                   tooltip="How much of the LoRA to add; 0 leaves the prior as it is, negative "
+                                           "values subtract it.")],
+            outputs=[types.Prior.Output(display_name="prior", tooltip="The prior with the LoRA; chain Prior LoRA "
+                                                                      "nodes to stack several.")])
+
+    @classmethod
+    def execute(cls, prior, lora_name, strength):
+        if strength == 0:  # as ComfyUI's own LoRA loaders: nothing to patch
+            return io.NodeOutput(prior)
+        return io.NodeOutput(prior_with_lora(prior, folder_paths.get_full_path_or_raise("loras", lora_name), strength))
+
+
+NODES = [PriorLoRA]
