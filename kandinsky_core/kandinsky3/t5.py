@@ -44,15 +44,15 @@ class T5Config:
 
     def __post_init__(self):
         if self.feed_forward_proj != "gated-silu":
-            raise KandinskyError(f"This T5 uses feed_forward_proj {self.feed_forward_proj!r}: it is not the Kandinsky 3 "
-                                 "Flan-UL2 encoder (gated-silu); load kandinsky-3's text_encoder/ folder.")
+            raise KandinskyError(f"This T5 uses feed_forward_proj {self.feed_forward_proj!r}: it is not the "
+                                 "Kandinsky 3 Flan-UL2 encoder (gated-silu); load kandinsky-3's text_encoder/ folder.")
 
     @classmethod
     def from_dict(cls, d):
         """Config from a transformers `text_encoder/config.json` dict."""
         if "d_model" not in d:
-            raise KandinskyError(f"This config is not a T5 config (model_type {d.get('model_type')!r}, no d_model): it is "
-                                 "not the Kandinsky 3 Flan-UL2 encoder; load kandinsky-3's text_encoder/ folder.")
+            raise KandinskyError(f"This config is not a T5 config (model_type {d.get('model_type')!r}, no d_model): "
+                                 "it is not the Kandinsky 3 Flan-UL2 encoder; load kandinsky-3's text_encoder/ folder.")
         return from_dict(cls, {**d, "feed_forward_proj": d.get("feed_forward_proj", "relu")})  # transformers' default
 
     def to_dict(self):
@@ -93,7 +93,7 @@ def clamp_fp16(x):
 
 
 def relative_position_bucket(relative_position, num_buckets, max_distance):
-    """T5's bidirectional bucket of each key-minus-query offset: exact up to num_buckets/4, log-spaced up to max_distance."""
+    """T5's bidirectional bucket of each key-minus-query offset: exact below num_buckets/4, then log-spaced."""
     num_buckets //= 2
     buckets = (relative_position > 0).long() * num_buckets
     distance = relative_position.abs()
@@ -109,7 +109,8 @@ class Attention(nn.Module):
     def __init__(self, config, has_bias, *, operations=nn, dtype=None, device=None):
         super().__init__()
         inner, self.heads, self.config = config.num_heads * config.d_kv, config.num_heads, config
-        self.q, self.k, self.v = (operations.Linear(config.d_model, inner, bias=False, dtype=dtype, device=device) for _ in range(3))
+        self.q, self.k, self.v = (operations.Linear(config.d_model, inner, bias=False, dtype=dtype, device=device)
+                                  for _ in range(3))
         self.o = operations.Linear(inner, config.d_model, bias=False, dtype=dtype, device=device)
         if has_bias:
             self.relative_attention_bias = operations.Embedding(config.relative_attention_num_buckets, config.num_heads,
@@ -118,8 +119,9 @@ class Attention(nn.Module):
     def position_bias(self, length, dtype, device):
         """(1, heads, L, L) additive bias from each key's offset to the query."""
         positions = torch.arange(length, device=device)
-        buckets = relative_position_bucket(positions[None, :] - positions[:, None], self.config.relative_attention_num_buckets,
-                                           self.config.relative_attention_max_distance)
+        c = self.config
+        buckets = relative_position_bucket(positions[None, :] - positions[:, None], c.relative_attention_num_buckets,
+                                           c.relative_attention_max_distance)
         return self.relative_attention_bias(buckets).to(dtype).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, x, bias):
@@ -175,8 +177,8 @@ class Block(nn.Module):
 
     def __init__(self, config, has_bias, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.layer = nn.ModuleList([SelfAttentionLayer(config, has_bias, operations=operations, dtype=dtype, device=device),
-                                    FeedForwardLayer(config, operations=operations, dtype=dtype, device=device)])
+        layers = dict(operations=operations, dtype=dtype, device=device)
+        self.layer = nn.ModuleList([SelfAttentionLayer(config, has_bias, **layers), FeedForwardLayer(config, **layers)])
 
     def forward(self, x, bias, dtype):
         """(B, L, d_model) residual stream in and out."""
@@ -262,13 +264,13 @@ def config_from_shapes(shapes):
     embedding = shapes.get("shared.weight") or shapes.get("encoder.embed_tokens.weight")
     table = shapes.get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
     gate = shapes.get("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")
-    if embedding is None or table is None or gate is None:
+    query = shapes.get("encoder.block.0.layer.0.SelfAttention.q.weight")
+    if embedding is None or table is None or gate is None or query is None:
         raise KandinskyError(f"This is not the Kandinsky 3 Flan-UL2 text encoder: it looks like {describe(shapes)}.")
     buckets, heads = table
     blocks = {int(m.group(1)) for k in shapes for m in [re.match(r"encoder\.block\.(\d+)\.", k)] if m}
-    return T5Config(vocab_size=embedding[0], d_model=embedding[1], num_heads=heads,
-                    d_kv=shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0] // heads, d_ff=gate[0],
-                    num_layers=len(blocks), relative_attention_num_buckets=buckets)
+    return T5Config(vocab_size=embedding[0], d_model=embedding[1], num_heads=heads, d_kv=query[0] // heads,
+                    d_ff=gate[0], num_layers=len(blocks), relative_attention_num_buckets=buckets)
 
 
 def check_flan_ul2(config):
@@ -305,17 +307,20 @@ def tensor_dtype(key, compute):
 
 def read_tensors(files, dtype, device):
     """{model key: tensor} from the shard files, each in its `tensor_dtype` (dtype None: the embedding's, as stored)."""
-    # Only fp16 has an exception (fp32 `wo`), and None is only known once the embedding is read: both read as stored,
-    # which keeps the published fp16 tensors as views of the file. Other dtypes convert while reading.
+    # fp16 has an exception (fp32 `wo`) and None is known only once the embedding is read: both read as stored, which
+    # keeps the published fp16 tensors as views of the file. Other dtypes convert while reading.
     read_as = None if dtype in (None, torch.float16) else dtype
-    sd = {key: t for file in files for key, t in iter_tensors(file, dtype=read_as, device=device)
-          if not key.startswith(SKIPPED)}
+    sd = {}
+    for file in files:
+        for key, t in iter_tensors(file, dtype=read_as, device=device):
+            if not key.startswith(SKIPPED):
+                sd[key] = t if dtype is None else t.to(tensor_dtype(key, dtype))
     alias = sd.pop("encoder.embed_tokens.weight", None)  # transformers ties it to shared.weight
     if "shared.weight" not in sd and alias is not None:
         sd["shared.weight"] = alias
-    compute = dtype or (sd["shared.weight"].dtype if "shared.weight" in sd else torch.float32)
-    for key, t in sd.items():
-        sd[key] = t.to(tensor_dtype(key, compute))
+    if dtype is None and "shared.weight" in sd:  # one compute dtype for the whole model
+        compute = sd["shared.weight"].dtype
+        sd = {key: t.to(tensor_dtype(key, compute)) for key, t in sd.items()}
     return sd
 
 

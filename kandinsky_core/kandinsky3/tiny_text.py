@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from .t5 import T5Config, T5Encoder
 
 # Diffusers' tiny test T5 (hf-internal-testing/tiny-random-t5, kandinsky3_tech.md §6.1) with Flan-UL2's gated-SiLU.
-T5_TINY = T5Config(vocab_size=1103, d_model=32, d_kv=8, d_ff=37, num_layers=5, num_heads=4, relative_attention_num_buckets=8)
+T5_TINY = T5Config(vocab_size=1103, d_model=32, d_kv=8, d_ff=37, num_layers=5, num_heads=4,
+                   relative_attention_num_buckets=8)
 SHARDS = 2
 EXTRA_IDS = 100
 
@@ -108,12 +109,12 @@ def write_tokenizer(folder, vocab_size=200):
         f.write(proto)
     size = sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size()
     extra = {f"<extra_id_{i}>": size + EXTRA_IDS - 1 - i for i in range(EXTRA_IDS)}
-    sentinels = list(extra)
+    sentinels, added = list(extra), {"<pad>": 0, "</s>": 1, "<unk>": 2, **extra}
     files = {
         "special_tokens_map.json": {"additional_special_tokens": sentinels, "eos_token": "</s>", "pad_token": "<pad>",
                                     "unk_token": "<unk>"},
         "tokenizer_config.json": {
-            "added_tokens_decoder": {str(i): _special(t) for t, i in {"<pad>": 0, "</s>": 1, "<unk>": 2, **extra}.items()},
+            "added_tokens_decoder": {str(i): _special(t) for t, i in added.items()},
             "additional_special_tokens": sentinels, "clean_up_tokenization_spaces": True, "eos_token": "</s>",
             "extra_ids": EXTRA_IDS, "legacy": True, "model_max_length": 512, "pad_token": "<pad>",
             "sp_model_kwargs": {}, "tokenizer_class": "T5Tokenizer", "unk_token": "<unk>"},

@@ -20,27 +20,21 @@ EXTRA_IDS = 100  # T5's sentinel tokens <extra_id_0..99>, numbered down from the
 
 
 def _added_tokens(folder, sp):
-    """({token text: id}, {token text: regex}) of the tokens transformers adds to the SentencePiece vocabulary.
+    """{token text: id} of the tokens transformers adds to the SentencePiece vocabulary (T5's sentinels).
 
-    The regex absorbs the whitespace a token strips on its left or right (`lstrip`/`rstrip` in tokenizer_config.json).
+    Their `lstrip`/`rstrip` flags need no handling: T5's normaliser drops the whitespace around them anyway.
     """
     config_file, added_file = os.path.join(folder, "tokenizer_config.json"), os.path.join(folder, "added_tokens.json")
-    decoder = {}
     if os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as f:
-            decoder = json.load(f).get("added_tokens_decoder") or {}
-    if decoder:
-        ids = {entry["content"]: int(i) for i, entry in decoder.items()}
-        regexes = {entry["content"]: r"\s*" * bool(entry.get("lstrip")) + re.escape(entry["content"]) +
-                   r"\s*" * bool(entry.get("rstrip")) for entry in decoder.values()}
-        return ids, regexes
+            decoder = json.load(f).get("added_tokens_decoder")
+        if decoder:
+            return {entry["content"]: int(i) for i, entry in decoder.items()}
     if os.path.isfile(added_file):
         with open(added_file, encoding="utf-8") as f:
-            ids = {k: int(v) for k, v in json.load(f).items()}
-    else:
-        size = sp.get_piece_size()
-        ids = {f"<extra_id_{i}>": size + EXTRA_IDS - 1 - i for i in range(EXTRA_IDS)}
-    return ids, {}
+            return {k: int(v) for k, v in json.load(f).items()}
+    size = sp.get_piece_size()
+    return {f"<extra_id_{i}>": size + EXTRA_IDS - 1 - i for i in range(EXTRA_IDS)}
 
 
 class T5Tokenizer:
@@ -51,18 +45,17 @@ class T5Tokenizer:
 
         self.sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
         self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
-        added, regexes = _added_tokens(os.path.dirname(model_file), self.sp)
+        added = _added_tokens(os.path.dirname(model_file), self.sp)
         self.special = {**{self.sp.id_to_piece(i): i for i in (self.pad_id, self.eos_id, self.sp.unk_id())}, **added}
         # Longest first, so that no special token is cut short by another one that starts it.
-        tokens = sorted(self.special, key=len, reverse=True)
-        self.pattern = re.compile("|".join(regexes.get(t, re.escape(t)) for t in tokens))
+        self.pattern = re.compile("|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)))
 
     def encode(self, text):
         """The ids of `text` without end-of-sequence token, padding or truncation."""
         ids, start = [], 0
         for match in self.pattern.finditer(text):
             ids += self.sp.encode(text[start:match.start()])
-            ids.append(self.special[match.group().strip()])
+            ids.append(self.special[match.group()])
             start = match.end()
         return ids + self.sp.encode(text[start:])
 
@@ -89,4 +82,5 @@ def load_tokenizer(folder):
     try:
         return T5Tokenizer(model_file)
     except (RuntimeError, OSError) as err:  # sentencepiece reports a damaged model as RuntimeError/OSError
-        raise KandinskyError(f"{model_file} is not a readable SentencePiece model ({err}); download it again.") from None
+        raise KandinskyError(f"{model_file} is not a readable SentencePiece model ({err}); "
+                             "download it again.") from None
