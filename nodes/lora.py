@@ -26,7 +26,7 @@ from ..kandinsky_core import lora as core
 from ..kandinsky_core.errors import KandinskyError
 
 UNET_PREFIX = "diffusion_model.unet."  # where the core UNet sits in the decoder MODEL's state dict
-HINTS = {"decoder": "load it with Load LoRA (LoraLoaderModelOnly) onto the MODEL of Kandinsky Decoder Loader",
+HINTS = {"decoder": "load it with LoraLoaderModelOnly onto the MODEL of Kandinsky Decoder Loader",
          "prior": "load it with Kandinsky Prior LoRA onto the prior"}
 
 
@@ -111,7 +111,7 @@ class PriorLoRA(io.ComfyNode):
             node_id="Kandinsky2PriorLoRA", display_name="Kandinsky Prior LoRA", category=f"{types.CATEGORY}/loaders",
             description="Applies a Kandinsky 2.2 prior LoRA from models/loras to a prior. The weights are patched when "
                         "the prior runs: changing the strength or removing the LoRA never reloads the prior. Decoder "
-                        "LoRAs go on the decoder MODEL through ComfyUI's Load LoRA (model only).",
+                        "LoRAs go on the decoder MODEL through ComfyUI's LoraLoaderModelOnly.",
             inputs=[types.Prior.Input("prior", tooltip="A prior from Kandinsky Prior Loader (or another Prior LoRA)."),
                     io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
                                    tooltip="A prior LoRA file in models/loras (diffusers' Kandinsky 2.2 prior LoRA "

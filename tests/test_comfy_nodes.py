@@ -27,9 +27,10 @@ PREFIX = "Kandinsky2"
 NODES = {f"{PREFIX}{name}" for name in (
     "PriorLoader", "DecoderLoader", "MoVQLoader", "PriorEncode", "ImageEmbedding", "Emb2Emb", "Interpolate",
     "InterpolateBatch", "MoVQEncode", "MoVQDecode", "InpaintConditioning", "DepthModelLoader", "DepthEstimate",
-    "ApplyDepthHint", "DecoderSampler")}
+    "ApplyDepthHint", "DecoderSampler", "PriorLoRA")}
 MODEL_LISTS = {"Kandinsky2PriorLoader": "prior", "Kandinsky2DecoderLoader": "decoder", "Kandinsky2MoVQLoader": "movq",
-               "Kandinsky2DepthModelLoader": "depth_model"}  # node: its input listing the model folder
+               "Kandinsky2DepthModelLoader": "depth_model",
+               "Kandinsky2PriorLoRA": "lora_name"}  # node: its input listing a model folder
 
 
 @pytest.fixture(scope="module")
