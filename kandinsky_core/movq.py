@@ -4,7 +4,7 @@ The encoder is a plain VQGAN encoder. The decoder is "MoVQ" (https://arxiv.org/a
 a SpatialNorm whose scale and shift are predicted from the latent itself, so the latent conditions the whole decoder.
 Module names follow diffusers, so its `movq/diffusion_pytorch_model.safetensors` loads with `strict=True`.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,8 @@ MOVQ = MoVQConfig(
     up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
     layers_per_block=2, latent_channels=4, num_vq_embeddings=16384, vq_embed_dim=4, norm_type="spatial",
 )
+# kandinsky-community/kandinsky-3 `movq/`: the same MoVQ at twice the width, 270,669,103 params, same key names.
+MOVQ_K3 = replace(MOVQ, block_out_channels=(256, 512, 512, 1024))
 
 # The MoVQ of diffusers' Kandinsky fast tests (scale factor 2).
 MOVQ_TINY = MoVQConfig(

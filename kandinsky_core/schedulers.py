@@ -32,6 +32,14 @@ KANDINSKY_2_2_DDPM = {
     "beta_end": 0.012, "clip_sample": True, "set_alpha_to_one": False, "steps_offset": 1,
     "prediction_type": "epsilon", "thresholding": False,
 }
+# kandinsky-community/kandinsky-3 scheduler/ (main): cosine betas (beta_start/end unused), x0 clipped to [-1, 1] on
+# unscaled MoVQ latents, "leading" spacing + 1. DDPMScheduler and DPMSolverScheduler (dpm_solver_from) read it as it is.
+KANDINSKY_3_DDPM = {
+    "_class_name": "DDPMScheduler", "beta_end": 0.012, "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.00085,
+    "clip_sample": True, "clip_sample_range": 1.0, "dynamic_thresholding_ratio": 0.995, "num_train_timesteps": 1000,
+    "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False, "steps_offset": 1,
+    "thresholding": False, "timestep_spacing": "leading", "trained_betas": None, "variance_type": "fixed_small",
+}
 KANDINSKY_PRIOR_UNCLIP = {
     "_class_name": "UnCLIPScheduler", "clip_sample": True, "clip_sample_range": 10.0, "num_train_timesteps": 1000,
     "prediction_type": "sample", "variance_type": "fixed_small_log",

@@ -1,0 +1,320 @@
+"""The Kandinsky 3 UNet (3.06 B parameters), in one file.
+
+A UNet of ResNet blocks whose every normalisation is a GroupNorm with its scale and shift predicted from the time
+embedding ("conditional group norm"). The text enters twice: its projected T5 states are cross-attended (with the
+prompt's padding mask) at the three lower levels, and one attention query, the mean over the tokens, pools them into
+the time embedding. There is no mid block; down-sampling is a stride-2 convolution, up-sampling a transposed one.
+Parameter and key names are diffusers' `Kandinsky3UNet`, so the published `unet/` weights load without a key map.
+"""
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import attention
+from ..config import from_dict
+from ..errors import KandinskyError
+from ..unet import timestep_embedding
+
+# Fixed by the architecture (diffusers hard-codes them; they are not in config.json).
+EXPANSION_RATIO = 4  # attention blocks' feed-forward width, × channels
+COMPRESSION_RATIO = 2  # ResNet blocks' inner width, ÷ max(in, out)
+# Per level, outermost first. Up level i reads entry [-1 - i] of these 4-tuples even in a 2-level model, as diffusers
+# does, so its 2-level test UNet attends at the outermost up level but not at the outermost down level.
+CROSS_ATTENTION = (False, True, True, True)
+SELF_ATTENTION = (False, True, True, True)
+MASKED = -10000.0  # additive attention bias for padded tokens, as trained
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The `unet/config.json` keys of diffusers' Kandinsky3UNet; defaults are the published model."""
+
+    in_channels: int = 4
+    block_out_channels: tuple = (384, 768, 1536, 3072)
+    time_embedding_dim: int = 1536
+    cross_attention_dim: int = 4096
+    encoder_hid_dim: int = 4096  # width of the text encoder's hidden states
+    attention_head_dim: int = 64
+    groups: int = 32
+    layers_per_block: int = 3
+
+    @classmethod
+    def from_dict(cls, d):
+        """Read a diffusers `unet/config.json` dict, refusing shapes this architecture cannot have."""
+        config = from_dict(cls, d)
+        config.validate()
+        return config
+
+    def validate(self):
+        """Raise KandinskyError if the config cannot describe a Kandinsky 3 UNet."""
+        if not 1 <= len(self.block_out_channels) <= len(CROSS_ATTENTION):
+            raise KandinskyError(f"Kandinsky 3 UNet config: {len(self.block_out_channels)} levels in block_out_channels; "
+                                 f"the architecture has 1 to {len(CROSS_ATTENTION)} (4 published).")
+        if self.layers_per_block < 2:
+            raise KandinskyError(f"Kandinsky 3 UNet config: layers_per_block {self.layers_per_block}; it must be at least 2 (3 published).")
+
+    @property
+    def init_channels(self):
+        """Width after conv_in and before conv_out (half the first level's)."""
+        return self.block_out_channels[0] // 2
+
+    @property
+    def latent_multiple(self):
+        """Latent height and width must be multiples of this (one halving per level but the last)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+UNET3 = UNetConfig()  # kandinsky-community/kandinsky-3 unet/: 3,055,348,228 parameters, 1071 tensors
+# diffusers' fast-test UNet (786,372 parameters); its text encoder is 32 wide, projected to a 4-wide context.
+UNET3_TINY = replace(UNET3, block_out_channels=(32, 64), time_embedding_dim=4, cross_attention_dim=4, encoder_hid_dim=32,
+                     attention_head_dim=4, groups=2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with bias-free projections; `out_dim` is also the inner width (heads × head_dim)."""
+
+    def __init__(self, query_dim, context_dim, out_dim, head_dim, ops, dd):
+        super().__init__()
+        self.heads = out_dim // head_dim
+        self.to_q = ops.Linear(query_dim, out_dim, bias=False, **dd)
+        self.to_k = ops.Linear(context_dim, out_dim, bias=False, **dd)
+        self.to_v = ops.Linear(context_dim, out_dim, bias=False, **dd)
+        self.to_out = nn.ModuleList([ops.Linear(out_dim, out_dim, bias=False, **dd)])
+
+    def forward(self, x, context, mask=None):
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        return self.to_out[0](attention.attention(q, k, v, self.heads, mask))
+
+
+class ConditionalGroupNorm(nn.Module):
+    """GroupNorm without parameters, scaled and shifted by a projection of the time embedding."""
+
+    def __init__(self, groups, channels, time_dim, ops, dd):
+        super().__init__()
+        self.norm = ops.GroupNorm(groups, channels, affine=False, **dd)
+        self.context_mlp = nn.Sequential(nn.SiLU(), ops.Linear(time_dim, 2 * channels, **dd))
+
+    def forward(self, x, temb):
+        scale, shift = self.context_mlp(temb)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(x) * (scale + 1.0) + shift
+
+
+class Block(nn.Module):
+    """Conditional norm → SiLU → (transposed-conv up-sampling) → convolution → (stride-2 down-sampling)."""
+
+    def __init__(self, cin, cout, kernel, resample, b):
+        super().__init__()
+        self.group_norm = b.norm(cin)
+        self.up_sample = b.ops.ConvTranspose2d(cin, cin, 2, stride=2, **b.dd) if resample == "up" else nn.Identity()
+        self.projection = b.ops.Conv2d(cin, cout, kernel, padding=int(kernel > 1), **b.dd)
+        self.down_sample = b.ops.Conv2d(cout, cout, 2, stride=2, **b.dd) if resample == "down" else nn.Identity()
+
+    def forward(self, x, temb):
+        return self.down_sample(self.projection(self.up_sample(F.silu(self.group_norm(x, temb)))))
+
+
+class ResNetBlock(nn.Module):
+    """Four Blocks (kernels 1, 3, 3, 1) at half the width, plus a shortcut resampled the same way."""
+
+    def __init__(self, cin, cout, b, resample=None):
+        super().__init__()
+        hidden = max(cin, cout) // COMPRESSION_RATIO
+        widths = [(cin, hidden), (hidden, hidden), (hidden, hidden), (hidden, cout)]
+        where = {"up": 1, "down": 2}.get(resample)  # the Block that resamples, as trained
+        self.resnet_blocks = nn.ModuleList([
+            Block(i, o, kernel, resample if n == where else None, b) for n, ((i, o), kernel) in enumerate(zip(widths, (1, 3, 3, 1)))])
+        up, down = resample == "up", resample == "down"
+        self.shortcut_up_sample = b.ops.ConvTranspose2d(cin, cin, 2, stride=2, **b.dd) if up else nn.Identity()
+        self.shortcut_projection = b.ops.Conv2d(cin, cout, 1, **b.dd) if cin != cout else nn.Identity()
+        self.shortcut_down_sample = b.ops.Conv2d(cout, cout, 2, stride=2, **b.dd) if down else nn.Identity()
+
+    def forward(self, x, temb):
+        out = x
+        for block in self.resnet_blocks:
+            out = block(out, temb)
+        return self.shortcut_down_sample(self.shortcut_projection(self.shortcut_up_sample(x))) + out
+
+
+class AttentionBlock(nn.Module):
+    """Conditional norm → attention (self-attention when no context is given) → residual, then a 1×1-conv
+    feed-forward behind another conditional norm → residual."""
+
+    def __init__(self, channels, context_dim, b):
+        super().__init__()
+        self.in_norm = b.norm(channels)
+        self.attention = Attention(channels, context_dim or channels, channels, b.config.attention_head_dim, b.ops, b.dd)
+        self.out_norm = b.norm(channels)
+        hidden = EXPANSION_RATIO * channels
+        self.feed_forward = nn.Sequential(b.ops.Conv2d(channels, hidden, 1, bias=False, **b.dd), nn.SiLU(),
+                                          b.ops.Conv2d(hidden, channels, 1, bias=False, **b.dd))
+
+    def forward(self, x, temb, context=None, mask=None):
+        bsz, c, h, w = x.shape
+        tokens = self.in_norm(x, temb).reshape(bsz, c, h * w).transpose(1, 2)  # (B, HW, C)
+        out = self.attention(tokens, tokens if context is None else context, mask)
+        x = x + out.transpose(1, 2).reshape(bsz, c, h, w)
+        return x + self.feed_forward(self.out_norm(x, temb))
+
+
+class DownBlock(nn.Module):
+    """[self-attention] → layers × (ResNet, [cross-attention], ResNet); the last ResNet halves the size."""
+
+    def __init__(self, cin, cout, cross, self_attn, downsample, b):
+        super().__init__()
+        n = b.config.layers_per_block
+        # Parameter-free placeholders keep diffusers' indices: attentions.0 is self-, attentions.1.. cross-attention.
+        self.attentions = nn.ModuleList([b.attn(cin) if self_attn else nn.Identity()] +
+                                        [b.attn(cout, cross=True) if cross else nn.Identity() for _ in range(n)])
+        self.resnets_in = nn.ModuleList([ResNetBlock(cin if i == 0 else cout, cout, b) for i in range(n)])
+        self.resnets_out = nn.ModuleList([
+            ResNetBlock(cout, cout, b, "down" if downsample and i == n - 1 else None) for i in range(n)])
+        self.self_attn, self.cross = self_attn, cross
+
+    def forward(self, x, temb, context, mask):
+        if self.self_attn:
+            x = self.attentions[0](x, temb)
+        for i, (res_in, res_out) in enumerate(zip(self.resnets_in, self.resnets_out)):
+            x = res_in(x, temb)
+            if self.cross:
+                x = self.attentions[i + 1](x, temb, context, mask)
+            x = res_out(x, temb)
+        return x
+
+
+class UpBlock(nn.Module):
+    """layers × (ResNet, [cross-attention], ResNet) → [self-attention]; the first ResNet doubles the size.
+
+    The input arrives concatenated with the skip (`skip` extra channels); the widths follow the published layout.
+    """
+
+    def __init__(self, cin, skip, cout, cross, self_attn, upsample, b):
+        super().__init__()
+        n = b.config.layers_per_block
+        widths = [(cin + skip, cin)] + [(cin, cin)] * (n - 2) + [(cin, cout)]
+        self.attentions = nn.ModuleList([b.attn(cout) if self_attn else nn.Identity()] +
+                                        [b.attn(i, cross=True) if cross else nn.Identity() for i, _ in widths])
+        self.resnets_in = nn.ModuleList([
+            ResNetBlock(i, i, b, "up" if upsample and k == 0 else None) for k, (i, _) in enumerate(widths)])
+        self.resnets_out = nn.ModuleList([ResNetBlock(i, o, b) for i, o in widths])
+        self.self_attn, self.cross = self_attn, cross
+
+    def forward(self, x, temb, context, mask):
+        for i, (res_in, res_out) in enumerate(zip(self.resnets_in, self.resnets_out)):
+            x = res_in(x, temb)
+            if self.cross:
+                x = self.attentions[i + 1](x, temb, context, mask)
+            x = res_out(x, temb)
+        return self.attentions[0](x, temb) if self.self_attn else x
+
+
+class _Builder:
+    """Binds the config, layer factory and dtype/device once, so block constructors stay short."""
+
+    def __init__(self, config, ops, dd):
+        self.config, self.ops, self.dd = config, ops, dd
+
+    def norm(self, channels):
+        return ConditionalGroupNorm(self.config.groups, channels, self.config.time_embedding_dim, self.ops, self.dd)
+
+    def attn(self, channels, cross=False):
+        return AttentionBlock(channels, self.config.cross_attention_dim if cross else None, self)
+
+
+class TimestepEmbedding(nn.Module):
+    """Linear → SiLU → Linear over the sinusoidal timestep features."""
+
+    def __init__(self, cin, cout, ops, dd):
+        super().__init__()
+        self.linear_1 = ops.Linear(cin, cout, **dd)
+        self.linear_2 = ops.Linear(cout, cout, **dd)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class EncoderProjection(nn.Module):
+    """T5 hidden states → the UNet's context width: bias-free Linear, then LayerNorm."""
+
+    def __init__(self, text_dim, context_dim, ops, dd):
+        super().__init__()
+        self.projection_linear = ops.Linear(text_dim, context_dim, bias=False, **dd)
+        self.projection_norm = ops.LayerNorm(context_dim, **dd)
+
+    def forward(self, x):
+        return self.projection_norm(self.projection_linear(x))
+
+
+class AttentionPooling(nn.Module):
+    """Adds to the time embedding one attention read of the context, queried with the context's mean."""
+
+    def __init__(self, time_dim, context_dim, head_dim, ops, dd):
+        super().__init__()
+        self.attention = Attention(context_dim, context_dim, time_dim, head_dim, ops, dd)
+
+    def forward(self, temb, context, mask):
+        # The mean runs over every position, padding included (padded positions hold the projection's LayerNorm bias).
+        return temb + self.attention(context.mean(dim=1, keepdim=True), context, mask).squeeze(1)
+
+
+class UNet(nn.Module):
+    """The Kandinsky 3 UNet: predicts ε for 4-channel MoVQ latents, conditioned on T5 hidden states and their mask."""
+
+    def __init__(self, config=UNET3, *, operations=nn, dtype=None, device=None):
+        super().__init__()
+        config.validate()
+        self.config = config
+        ops, dd = operations, {"dtype": dtype, "device": device}
+        b, init = _Builder(config, ops, dd), config.init_channels
+        self.time_embedding = TimestepEmbedding(init, config.time_embedding_dim, ops, dd)
+        self.add_time_condition = AttentionPooling(config.time_embedding_dim, config.cross_attention_dim,
+                                                   config.attention_head_dim, ops, dd)
+        self.conv_in = ops.Conv2d(config.in_channels, init, 3, padding=1, **dd)
+        self.encoder_hid_proj = EncoderProjection(config.encoder_hid_dim, config.cross_attention_dim, ops, dd)
+        widths, n = (init,) + tuple(config.block_out_channels), len(config.block_out_channels)
+        self.down_blocks = nn.ModuleList([
+            DownBlock(widths[i], widths[i + 1], CROSS_ATTENTION[i], SELF_ATTENTION[i], i < n - 1, b) for i in range(n)])
+        self.up_blocks = nn.ModuleList([  # up level i mirrors down level n-1-i; from the second on it takes a skip
+            UpBlock(widths[n - i], widths[n - i] if i else 0, widths[n - 1 - i], CROSS_ATTENTION[-1 - i],
+                    SELF_ATTENTION[-1 - i], i > 0, b) for i in range(n)])
+        self.conv_norm_out = ops.GroupNorm(config.groups, init, **dd)
+        self.conv_out = ops.Conv2d(init, config.in_channels, 3, padding=1, **dd)
+
+    def forward(self, x, timesteps, context, context_mask=None):
+        """ε for latents x (B, 4, h, w) at `timesteps` (scalar or (B,)), given T5 hidden states `context` (B, L, 4096)
+        and their attention mask (B, L), 1 for real tokens (None: every token is real)."""
+        self.check_inputs(x, context, context_mask)
+        if context_mask is None:
+            context_mask = torch.ones(context.shape[:2], device=x.device)
+        mask = ((1 - context_mask.to(x.dtype)) * MASKED)[:, None, None, :]  # additive, (B, 1, 1, L)
+        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
+        temb = self.time_embedding(timestep_embedding(timesteps, self.config.init_channels, False, 1).to(x.dtype))
+        context = self.encoder_hid_proj(context)
+        temb = self.add_time_condition(temb, context, mask)
+        h, skips = self.conv_in(x), []
+        for block in self.down_blocks:
+            h = block(h, temb, context, mask)
+            skips.append(h)
+        skips.pop()  # the deepest level's output goes straight up
+        for i, block in enumerate(self.up_blocks):
+            h = block(torch.cat([h, skips.pop()], dim=1) if i else h, temb, context, mask)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    def check_inputs(self, x, context, context_mask):
+        """Turn wiring mistakes into KandinskyErrors that say what to connect instead."""
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise KandinskyError(f"The Kandinsky 3 UNet expects {c.in_channels}-channel latents (B, {c.in_channels}, h, w), "
+                                 f"got {tuple(x.shape)}; use MoVQ latents (1/8 of the image size).")
+        m = c.latent_multiple
+        if 0 in x.shape or x.shape[-2] % m or x.shape[-1] % m:
+            raise KandinskyError(f"Latent size {tuple(x.shape[-2:])} must be a positive multiple of {m} (images: multiples "
+                                 f"of {8 * m}); crop or resize the image, or pick such a latent size.")
+        if context.ndim != 3 or context.shape[-1] != c.encoder_hid_dim or context.shape[0] != x.shape[0]:
+            raise KandinskyError(f"The Kandinsky 3 UNet takes text hidden states of shape ({x.shape[0]}, tokens, "
+                                 f"{c.encoder_hid_dim}), got {tuple(context.shape)}; encode the prompt with the Kandinsky 3 "
+                                 "text encoder (Flan-UL2 T5), one row per latent.")
+        if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
+            raise KandinskyError(f"The text attention mask has shape {tuple(context_mask.shape)} but the hidden states "
+                                 f"{tuple(context.shape)}: it must be (batch, tokens) = {tuple(context.shape[:2])}.")
