@@ -184,6 +184,15 @@ def test_single_file_round_trip(tmp_path, weights, with_config):
     same_state(model, {k: v.half().float() if not k.endswith(".wo.weight") else v for k, v in weights.items()})
 
 
+def test_pytorch_bin_folder_loads(folder, tmp_path, weights):
+    """The repo's first revision held one fp32 `pytorch_model.bin`."""
+    (tmp_path / "config.json").write_text((folder / "text_encoder" / "config.json").read_text())
+    torch.save({**weights, ALIAS: weights["shared.weight"]}, tmp_path / "pytorch_model.bin")
+    model = T5.load_t5(str(tmp_path))
+    assert model.compute_dtype() == torch.float32
+    same_state(model, weights)
+
+
 @pytest.mark.parametrize("keys", [("shared.weight", ALIAS), (ALIAS,)])
 def test_tied_embedding_alias_loads(tmp_path, weights, keys):
     sd = {k: v for k, v in weights.items() if k != "shared.weight"}

@@ -107,6 +107,15 @@ def test_stripping_flags_of_special_tokens_change_nothing(folder, tmp_path):
     check(str(changed), PROMPTS)
 
 
+def test_compatibility_forms_of_control_tokens_stay_text(folder):
+    """NFKC turns "＜/s＞" into the text "</s>" after special tokens were matched. T5's SentencePiece keeps it text;
+    transformers 5 (the `tokenizers` Unigram, whose vocabulary holds "</s>") emits an end of sequence mid-prompt.
+    We follow SentencePiece: the one place our ids deliberately differ from transformers'."""
+    ids, mask = load_tokenizer(folder)(["a ＜/s＞ b ＜pad＞ c"])
+    length = int(mask.sum())
+    assert (ids[0, :length - 1] > 1).all() and ids[0, length - 1] == 1
+
+
 def test_works_without_protobuf(folder):
     """ComfyUI does not install protobuf: the tokenizer must not need it (transformers 5 does, for spiece.model)."""
     code = ("import sys, json; sys.modules['google.protobuf'] = None; "

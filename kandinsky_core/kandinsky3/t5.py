@@ -232,7 +232,7 @@ class T5Encoder(nn.Module):
 # Loading the published text_encoder/ folder (fp16 shards with fp32 `wo`) or one safetensors file.
 
 WEIGHT_FILES = ("model.safetensors.index.fp16.json", "model.safetensors", "model.safetensors.index.json",
-                "model.fp16.safetensors")
+                "model.fp16.safetensors", "pytorch_model.bin")  # .bin: the repo's first, fp32 revision
 SKIPPED = ("decoder.", "lm_head.")  # a whole Flan-UL2 (T5ForConditionalGeneration) holds the decoder too
 
 

@@ -5,7 +5,9 @@ The published `tokenizer/` folder holds only `spiece.model` (no `tokenizer.json`
 `sentencepiece` is in ComfyUI's requirements. The ids equal transformers' `T5Tokenizer` called as the pipelines call it,
 `tokenizer(prompt, padding="max_length", max_length=128, truncation=True)`: special tokens written in the prompt
 (`</s>`, `<extra_id_0>`, ...) are matched first and the text between them is encoded on its own, the ids are cut to
-`max_length - 1`, the end-of-sequence id is appended, and padding fills up to `max_length`.
+`max_length - 1`, the end-of-sequence id is appended, and padding fills up to `max_length`. One deliberate difference:
+text that only NFKC turns into a control token's text ("＜/s＞") stays text, as in T5's own SentencePiece, where
+transformers 5 emits the control token mid-prompt.
 """
 import json
 import os
