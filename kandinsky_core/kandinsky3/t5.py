@@ -79,8 +79,9 @@ class RMSNorm(nn.Module):
         """Normalise `x` and return it in the compute `dtype`."""
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        # transformers rounds to the half dtype before the scale multiplies; so do we, for the same numbers
-        return self.weight.to(dtype) * x.to(dtype)
+        # transformers rounds to the half dtype before the scale multiplies; so do we, for the same numbers. The weight
+        # is no `operations` layer: cast (and move, for ComfyUI's offloading) it here.
+        return self.weight.to(device=x.device, dtype=dtype) * x.to(dtype)
 
 
 def clamp_fp16(x):
