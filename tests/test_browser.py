@@ -62,12 +62,12 @@ def test_there_is_an_example_for_every_use():
     assert names == {"kandinsky21_text_to_image", "kandinsky22_text_to_image", "kandinsky22_image_to_image",
                      "kandinsky22_inpainting", "kandinsky22_image_mixing", "kandinsky22_interpolation_animation",
                      "kandinsky22_emb2emb", "kandinsky22_depth_text_to_image", "kandinsky22_depth_image_to_image",
-                     "kandinsky22_ksampler"}
+                     "kandinsky22_ksampler", "kandinsky22_lora"}
 
 
 def test_every_node_has_help_served_to_the_frontend(comfy):
     ours = {name: info for name, info in comfy.object_info().items() if info["python_module"].startswith("custom_nodes.")}
-    assert len(ours) == 15
+    assert len(ours) == 16
     for name, info in ours.items():  # the URL the frontend's node help panel fetches for a custom node
         text = urllib.request.urlopen(f"{comfy.url}/extensions/comfyui-kandinsky2/docs/{name}.md").read().decode()
         assert text.startswith(f"# {info['display_name']}\n"), name
