@@ -2,7 +2,7 @@
 from dataclasses import asdict
 
 import torch
-from transformers import CLIPTokenizer, T5Config as HFT5Config, T5EncoderModel
+from transformers import T5Config as HFT5Config, T5EncoderModel, T5Tokenizer as HFT5Tokenizer
 
 import diffusers
 from kandinsky_core import schedulers
@@ -10,7 +10,6 @@ from kandinsky_core.config import to_dict
 from kandinsky_core.kandinsky3.pipeline import Kandinsky3Models
 from kandinsky_core.kandinsky3.unet import UNET3_TINY, UNet
 from kandinsky_core.movq import MOVQ_TINY, MoVQ
-from kandinsky_core.tiny_tokenizers import write_clip_tokenizer
 
 # diffusers' fast-test text encoder (hf-internal-testing/tiny-random-t5) with Flan-UL2's gated-SiLU feed-forward.
 T5_TINY = {"vocab_size": 1103, "d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 5, "num_heads": 4,
@@ -51,30 +50,21 @@ def copy_of(ours, theirs):
     return ours.eval()
 
 
-class HFTokenizer:
-    """A transformers tokenizer behind kandinsky_core's tokenizer interface, called exactly as diffusers calls it."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, prompts, max_length=128):
-        out = self.tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-        return out.input_ids, out.attention_mask
-
-
 def pipeline_pair(tmp_path):
     """(diffusers Kandinsky3Pipeline, Kandinsky3Img2ImgPipeline, our Kandinsky3Models) with shared weights."""
     from kandinsky_core.kandinsky3.t5 import T5Config, T5Encoder
+    from kandinsky_core.kandinsky3.tiny_text import write_tokenizer
+    from kandinsky_core.kandinsky3.tokenizer import load_tokenizer
 
     unet, movq, t5 = their_unet(), their_movq(), their_t5()
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(str(tmp_path / "tokenizer")))
+    folder = write_tokenizer(str(tmp_path / "tokenizer"))
     config = {k: v for k, v in schedulers.KANDINSKY_3_DDPM.items() if k != "_class_name"}
-    parts = dict(tokenizer=tokenizer, text_encoder=t5, unet=unet, movq=movq)
+    parts = dict(tokenizer=HFT5Tokenizer.from_pretrained(folder), text_encoder=t5, unet=unet, movq=movq)
     t2i = diffusers.Kandinsky3Pipeline(**parts, scheduler=diffusers.DDPMScheduler.from_config(config))
     i2i = diffusers.Kandinsky3Img2ImgPipeline(**parts, scheduler=diffusers.DDPMScheduler.from_config(config))
     for pipe in (t2i, i2i):
         pipe.set_progress_bar_config(disable=True)
     ours = Kandinsky3Models(copy_of(UNet(UNET3_TINY), unet), copy_of(MoVQ(MOVQ_TINY), movq),
                             schedulers.scheduler_from_config(schedulers.KANDINSKY_3_DDPM),
-                            copy_of(T5Encoder(T5Config(**T5_TINY)), t5), HFTokenizer(tokenizer))
+                            copy_of(T5Encoder(T5Config(**T5_TINY)), t5), load_tokenizer(folder))
     return t2i, i2i, ours

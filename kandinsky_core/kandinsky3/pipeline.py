@@ -1,0 +1,204 @@
+"""Kandinsky 3 text-to-image and image-to-image, as diffusers' Kandinsky3Pipeline / Kandinsky3Img2ImgPipeline.
+
+The prompt is encoded once by the Flan-UL2 T5 (kandinsky3_tech.md §4.4); the UNet denoises MoVQ latents guided as
+`(g + 1)·cond − g·uncond`; the MoVQ decodes without quantizing. Same weights and seed give diffusers' images, minus
+its bugs (§7): a negative prompt longer than the prompt is no longer cut to the prompt's length; with several prompts
+and several images per prompt every image keeps its own prompt's mask; image-to-image on a size that is not a
+multiple of 64 is a clear error instead of a crash deep in the scheduler; and one compute dtype (the UNet's) is used
+throughout, whatever mix of dtypes the checkpoint files hold.
+
+Conditioning is a pair `(hidden, mask)`: T5 hidden states (B, L, d) and their attention mask (B, L), 1 for real tokens.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import images
+from ..decoder_pipeline import _timesteps, finish
+from ..errors import KandinskyError
+from ..sampling import check_guidance, randn, report
+
+MAX_TOKENS = 128  # the tokenizer pads and truncates every prompt to this many tokens, as trained
+
+
+@dataclass
+class Kandinsky3Models:
+    """What a kandinsky-3 folder holds: UNet, MoVQ, scheduler, T5 text encoder and its tokenizer.
+
+    `tokenizer(prompts, max_length)` returns (input_ids, attention_mask), (B, max_length) each;
+    `text_encoder(input_ids, attention_mask)` returns the last hidden states (B, max_length, d).
+    """
+
+    unet: object
+    movq: object
+    scheduler: object
+    text_encoder: object = None
+    tokenizer: object = None
+
+    @property
+    def size_multiple(self):
+        """Image height and width must be multiples of this (64 for the published model)."""
+        return self.movq.config.scale_factor * self.unet.config.latent_multiple
+
+
+def _device_dtype(module):
+    p = next(module.parameters())
+    return p.device, p.dtype
+
+
+def _prompts(prompt, what):
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise KandinskyError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}.")
+    return prompts
+
+
+def _encode(models, prompts, min_length=0):
+    """T5 states of `prompts` with padded rows zeroed, cut to the longest prompt's tokens + 1 (one padding kept),
+    or to `min_length` if that is longer."""
+    if models.text_encoder is None or models.tokenizer is None:
+        raise KandinskyError("Encoding a prompt needs the Kandinsky 3 text encoder and tokenizer; load the whole "
+                             "kandinsky-3 folder, or pass the prompt's conditioning to the sample_* functions.")
+    device, dtype = _device_dtype(models.unet)
+    ids, mask = models.tokenizer(prompts, max_length=MAX_TOKENS)
+    te_device = _device_dtype(models.text_encoder)[0]
+    hidden = models.text_encoder(ids.to(te_device), mask.to(te_device))
+    hidden = hidden.masked_fill(mask.to(te_device)[..., None] == 0, 0)
+    kept = max(int(mask.sum(-1).max()) + 1, min_length)
+    # One compute dtype for the whole run: the UNet's (the published folder mixes fp16 T5 states with fp32 parts).
+    return images.check_finite(hidden[:, :kept], "The text encoder's output").to(device, dtype), mask[:, :kept].to(device)
+
+
+def _repeat(pair, n):
+    # Each prompt's states and mask repeated together (diffusers tiles the masks instead: §7.12).
+    return tuple(t.repeat_interleave(n, dim=0) for t in pair)
+
+
+def encode_prompt(models, prompt, negative_prompt=None, *, num_images_per_prompt=1, guidance_scale=3.0):
+    """(positive, negative) conditioning pairs, num_images_per_prompt rows per prompt; negative is None when
+    guidance_scale ≤ 1, all zeros and fully masked when negative_prompt is None ("" encodes the empty prompt)."""
+    check_guidance(guidance_scale)
+    prompts = _prompts(prompt, "prompt")
+    positive = _encode(models, prompts)
+    if guidance_scale <= 1:
+        return _repeat(positive, num_images_per_prompt), None
+    if negative_prompt is None:
+        negative = (torch.zeros_like(positive[0]), torch.zeros_like(positive[1]))
+    else:
+        negatives = _prompts(negative_prompt, "negative_prompt")
+        negatives = negatives * len(prompts) if len(negatives) == 1 else negatives
+        if len(negatives) != len(prompts):
+            raise KandinskyError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt.")
+        # As long as the prompt's, as in diffusers (the pooling mean counts padding), but never cut to it (§7.1).
+        negative = _encode(models, negatives, min_length=positive[0].shape[1])
+    return _repeat(positive, num_images_per_prompt), _repeat(negative, num_images_per_prompt)
+
+
+def guided_eps(unet, x, t, positive, negative, guidance_scale):
+    """ε with Kandinsky 3's guidance (g + 1)·cond − g·uncond; one batched UNet call when both contexts are as long."""
+    if negative is None or guidance_scale <= 1:
+        return unet(x, t, *positive)
+    if negative[0].shape == positive[0].shape:
+        both = unet(torch.cat([x, x]), t, torch.cat([negative[0], positive[0]]), torch.cat([negative[1], positive[1]]))
+        uncond, cond = both.chunk(2)
+    else:  # padding the shorter one would change its pooled embedding (the pooling mean counts padding)
+        uncond, cond = unet(x, t, *negative), unet(x, t, *positive)
+    return (guidance_scale + 1.0) * cond - guidance_scale * uncond
+
+
+def denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator=None, callback=None):
+    """The sampling loop: guided UNet, scheduler step, per-step callback."""
+    for i, t in enumerate(timesteps):
+        eps = guided_eps(models.unet, latents, t, positive, negative, guidance_scale)
+        previous, latents = latents, scheduler.step(eps, t, latents, generator=generator)
+        report(callback, i, len(timesteps), t, latents, lambda: scheduler.predict_x0(eps, t, previous))
+    return latents
+
+
+def _check_conditioning(positive, negative, guidance_scale):
+    check_guidance(guidance_scale)
+    if guidance_scale > 1 and negative is None:
+        raise KandinskyError("Guidance needs a negative conditioning (encode_prompt returns one); or set guidance_scale to 1.")
+    if negative is not None and negative[0].shape[0] != positive[0].shape[0]:
+        raise KandinskyError(f"{negative[0].shape[0]} negative rows for {positive[0].shape[0]} positive ones; "
+                             "give one negative conditioning row per positive row.")
+
+
+@torch.no_grad()
+def sample_text_to_image(models, positive, negative, shape, *, steps=25, guidance_scale=3.0, generator=None,
+                         latents=None, scheduler=None, callback=None):
+    """Latents from noise of `shape` (B, 4, h, w), given `encode_prompt`'s conditioning (B rows each)."""
+    _check_conditioning(positive, negative, guidance_scale)
+    scheduler = scheduler or models.scheduler
+    device, dtype = _device_dtype(models.unet)
+    timesteps = _timesteps(scheduler, steps)
+    if latents is None:
+        latents = randn(shape, generator, device, dtype)
+    elif tuple(latents.shape) != tuple(shape):
+        raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
+    latents = latents.to(device, dtype) * scheduler.init_noise_sigma
+    return denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator, callback)
+
+
+@torch.no_grad()
+def sample_image_to_image(models, positive, negative, init, *, strength=0.3, steps=25, guidance_scale=3.0,
+                          generator=None, scheduler=None, callback=None):
+    """Latents re-drawn from MoVQ latents `init` (one row per output), noised to the level `strength` sets."""
+    _check_conditioning(positive, negative, guidance_scale)
+    scheduler = scheduler or models.scheduler
+    timesteps = _timesteps(scheduler, steps, strength)
+    images.check_finite(init, "The latent image")
+    noise = randn(init.shape, generator, init.device, init.dtype)
+    latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
+    return denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator, callback)
+
+
+@torch.no_grad()
+def text_to_image(models, prompt, *, negative_prompt=None, height=1024, width=1024, steps=25, guidance_scale=3.0,
+                  num_images_per_prompt=1, generator=None, latents=None, scheduler=None, output_type="pil", callback=None):
+    """Images for `prompt` (a string or a list); sizes are multiples of 64."""
+    images.check_size(height, width, models.size_multiple)
+    positive, negative = encode_prompt(models, prompt, negative_prompt, num_images_per_prompt=num_images_per_prompt,
+                                       guidance_scale=guidance_scale)
+    s = models.movq.config.scale_factor
+    shape = (positive[0].shape[0], models.unet.config.in_channels, height // s, width // s)
+    latents = sample_text_to_image(models, positive, negative, shape, steps=steps, guidance_scale=guidance_scale,
+                                   generator=generator, latents=latents, scheduler=scheduler, callback=callback)
+    return finish(models, latents, output_type)
+
+
+def _image_size(image):
+    """(height, width) of a PIL image, a (…, 3, H, W) tensor or an (…, H, W, 3) array, or of a list's first item."""
+    first = image[0] if isinstance(image, (list, tuple)) else image
+    if isinstance(first, torch.Tensor):
+        return tuple(first.shape[-2:])
+    if isinstance(first, np.ndarray):
+        return tuple(first.shape[-3:-1])
+    return first.height, first.width
+
+
+def encode_image(models, image, height=None, width=None):
+    """MoVQ latents of the input image(s), resized to (height, width) when given (else kept at their own size)."""
+    device, dtype = _device_dtype(models.unet)
+    h, w = _image_size(image)
+    height, width = height or h, width or w
+    images.check_size(height, width, models.size_multiple)
+    return models.movq.encode(images.preprocess_image(image, height, width).to(device, dtype))
+
+
+@torch.no_grad()
+def image_to_image(models, prompt, image, *, strength=0.3, negative_prompt=None, height=None, width=None, steps=25,
+                   guidance_scale=3.0, num_images_per_prompt=1, generator=None, scheduler=None, output_type="pil",
+                   callback=None):
+    """Re-draw `image` (one, or one per prompt) towards `prompt`; strength 1 keeps little of it, small values most."""
+    n = num_images_per_prompt
+    positive, negative = encode_prompt(models, prompt, negative_prompt, num_images_per_prompt=n, guidance_scale=guidance_scale)
+    init = encode_image(models, image, height, width)
+    prompts = positive[0].shape[0] // n
+    if init.shape[0] not in (1, prompts):
+        raise KandinskyError(f"{init.shape[0]} images for {prompts} prompts; give one image, or one per prompt.")
+    init = init.expand(prompts, -1, -1, -1).repeat_interleave(n, dim=0)
+    latents = sample_image_to_image(models, positive, negative, init, strength=strength, steps=steps,
+                                    guidance_scale=guidance_scale, generator=generator, scheduler=scheduler, callback=callback)
+    return finish(models, latents, output_type)
