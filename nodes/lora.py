@@ -5,8 +5,9 @@ apply and a strength change or a removed LoRA never reloads the base weights.
 ComfyUI (0.3.75 to 0.30.0) has no registry for LoRA key names: `comfy.lora.model_lora_keys_unet` knows each core
 model by an isinstance branch. `install` wraps it to add our decoder's names (only for our decoder), which every
 LoRA path consults (LoraLoader, LoraLoaderModelOnly, hook LoRAs). ComfyUI merely logs keys it cannot place, so
-`install` also wraps `comfy.sd.load_lora_for_models` to refuse, before anything is cloned or patched, a file that is
-not a decoder LoRA fitting this decoder: a KandinskyError naming the file and what it is for.
+`install` also wraps `comfy.sd.load_lora_for_models` (and newer versions' bypass variant) to refuse, before anything
+is cloned or patched, a file that is not a decoder LoRA fitting this decoder: a KandinskyError naming the file and
+what it is for.
 """
 import copy
 import functools
@@ -84,9 +85,10 @@ def _with_decoder_check(original):
 def install():
     """Teach ComfyUI's LoRA loaders the Kandinsky decoder (idempotent: a reloaded pack does not wrap twice)."""
     for module, name, wrap in ((comfy.lora, "model_lora_keys_unet", _with_decoder_keys),
-                               (comfy.sd, "load_lora_for_models", _with_decoder_check)):
-        current = getattr(module, name)
-        if not getattr(current, "kandinsky_wrapped", False):
+                               (comfy.sd, "load_lora_for_models", _with_decoder_check),
+                               (comfy.sd, "load_bypass_lora_for_models", _with_decoder_check)):  # newer ComfyUIs
+        current = getattr(module, name, None)
+        if current is not None and not getattr(current, "kandinsky_wrapped", False):
             wrapped = wrap(current)
             wrapped.kandinsky_wrapped = True
             setattr(module, name, wrapped)
