@@ -27,6 +27,7 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "dif
                 "model.fp16.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
 SAFETENSORS_INDEXES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")
 COMPONENT_CLASSES = {"unet": "UNet2DConditionModel", "movq": "VQModel", "prior": "PriorTransformer"}
+KANDINSKY3_HINT = "load Kandinsky 3 with the Kandinsky 3 loader (kandinsky_core.kandinsky3.loading)"
 
 
 def weights_path(path):
@@ -145,6 +146,8 @@ def describe(shapes):
     """Name the kind of checkpoint a state dict's keys look like, for errors about foreign files."""
     keys = list(shapes)
     looks = [
+        ("add_time_condition.", f"a Kandinsky 3 UNet; {KANDINSKY3_HINT}"),
+        ("SelfAttention.relative_attention_bias", f"a T5 text encoder (Kandinsky 3 uses one); {KANDINSKY3_HINT}"),
         ("model.diffusion_model.", "a Stable Diffusion checkpoint (ckpt/safetensors with UNet, VAE and CLIP)"),
         ("first_stage_model.", "a Stable Diffusion checkpoint"),
         ("lora_", "a LoRA"),
@@ -231,7 +234,8 @@ def read_config(path, kind):
             d = json.load(f)
         expected = COMPONENT_CLASSES[kind]
         if d.get("_class_name", expected) != expected:
-            raise KandinskyError(f"{config_file} describes a {d['_class_name']}, not a Kandinsky {kind} ({expected}).")
+            hint = f"; {KANDINSKY3_HINT}" if d["_class_name"].startswith("Kandinsky3") else ""
+            raise KandinskyError(f"{config_file} describes a {d['_class_name']}, not a Kandinsky {kind} ({expected}){hint}.")
         return config_cls.from_dict(d)
     shapes = read_shapes(weights)
     found = identify(shapes)
