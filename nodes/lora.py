@@ -38,9 +38,9 @@ def _shapes(net):
 def _file_name(state_dict):
     """The models/loras file holding this state dict (ComfyUI's loaders hand over tensors, not the file name)."""
     keys = sorted(state_dict)
-    for name in folder_paths.get_filename_list("loras"):
+    for name in folder_paths.get_filename_list("loras") if keys else ():
         path = folder_paths.get_full_path("loras", name)
-        if not keys or not path or not path.endswith((".safetensors", ".sft")):
+        if not path or not path.endswith((".safetensors", ".sft")):
             continue
         try:
             with safe_open(path, framework="pt") as f:

@@ -88,6 +88,7 @@ def test_decoder_lora_through_comfyuis_loader(comfy, ws, loras, plain):
     assert torch.equal(out["peft"], out["full"])  # both namings are the same LoRA
     assert torch.equal(out["alpha"], out["half"])  # alpha / rank = 1/2 scales like strength 0.5
     assert torch.allclose(out["stacked"], out["full"], rtol=0, atol=1e-4)  # two LoRAs add up (to rounding)
+    assert "lora key not loaded" not in comfy.log_path.read_text(errors="replace")  # every key found its layer
 
     again, ran = run(comfy, ws, {"other": ([(DECODER_LORA, -1.0)], ()), "plain": ((), ())})
     assert "Kandinsky2DecoderLoader" not in ran and "LoraLoaderModelOnly" in ran  # a new strength: no reload
