@@ -8,7 +8,7 @@ from kandinsky_core import lora as L
 from kandinsky_core.errors import KandinskyError
 from kandinsky_core.prior import PRIOR_22, PRIOR_TINY, PriorTransformer
 from kandinsky_core.unet import UNET_21, UNET_22, UNET_22_DEPTH_TINY, UNET_22_TINY, UNet
-from lora_files import random_lora, write_lora
+from lora_files import lora_names, random_lora, write_lora
 
 
 def shapes(net):
@@ -52,19 +52,17 @@ MODELS = {"decoder": ("unet", run_unet), "prior": ("prior", run_prior)}
 
 
 def manually_merged(net, loras):
-    """A copy of `net` with W + s·(alpha/rank)·up@down written by hand for each (state dict, strength, alpha, rank)."""
+    """A copy of `net` with W + s·(alpha/rank)·up@down written by hand for each (state dict, strength)."""
     merged = copy.deepcopy(net)
     params = dict(merged.named_parameters())
     with torch.no_grad():
         for sd, strength in loras:
-            for key, up in sd.items():
-                if key.endswith(("_lora.up.weight", ".lora_B.weight")):
-                    base = key.removesuffix("_lora.up.weight").removesuffix(".lora_B.weight")
-                    down = sd[key.replace("up.weight", "down.weight").replace("lora_B", "lora_A")]
-                    alpha = sd.get(base + ".alpha")
-                    scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
-                    target = L._target(base)
-                    params[target + ".weight"] += strength * scale * (up @ down)
+            for key, weight in params.items():
+                for naming in ("attn-procs", "peft"):
+                    up, down, alpha = lora_names(key.removesuffix(".weight"), naming)
+                    if up in sd:
+                        scale = float(sd[alpha]) / sd[down].shape[0] if alpha in sd else 1.0
+                        weight += strength * scale * (sd[up] @ sd[down])
     return merged
 
 
