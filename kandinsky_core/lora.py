@@ -101,6 +101,8 @@ def target_kind(target):
 
 def describe(keys):
     """What a LoRA that is not a Kandinsky 2.2 one is for, from its keys."""
+    if not keys:
+        return "an empty file"
     for pattern, what in FOREIGN:
         if any(re.search(pattern, k) for k in keys):
             return what
@@ -142,6 +144,9 @@ def _pair(name, target, parts):
                              f"{tuple(down.shape)}; up must be (out, rank) and down (rank, in)); the file is damaged or "
                              "not a LoRA, export it again.")
     alpha = parts.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        raise KandinskyError(f"{name}: the alpha of {target} holds {alpha.numel()} numbers, not one; export the LoRA "
+                             "again.")
     return LoraPair(up, down, None if alpha is None else float(alpha))
 
 

@@ -151,6 +151,8 @@ def bad_files(unet, prior):
     incomplete = random_lora(shapes(prior), "prior")
     del incomplete["transformer_blocks.0.attn1.processor.to_v_lora.up.weight"]
     mixed = {**random_lora(shapes(unet), "decoder"), **random_lora(shapes(prior), "prior")}
+    bad_alpha = random_lora(shapes(prior), "prior", "peft", alpha=1.0)
+    bad_alpha["transformer_blocks.0.attn1.to_q.alpha"] = torch.ones(2)
     depth = shapes(UNet(UNET_22_DEPTH_TINY, device="meta"))  # 100-wide context: add_k_proj shapes differ
     return [
         ({"lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(4, 1)}, "sd15.safetensors", "decoder",
@@ -165,6 +167,8 @@ def bad_files(unet, prior):
         (rank_mismatch, "ranks.safetensors", "decoder", ["ranks.safetensors", "ranks", "mid_block.attentions.0.to_k"]),
         (incomplete, "half.safetensors", "prior", ["half.safetensors", "only the down"]),
         (mixed, "both.safetensors", "decoder", ["both.safetensors", "mixes decoder and prior"]),
+        ({}, "empty.safetensors", "prior", ["empty.safetensors", "an empty file"]),
+        (bad_alpha, "alpha.safetensors", "prior", ["alpha.safetensors", "alpha"]),
         (random_lora(depth, "decoder", only="add_k"), "depth.safetensors", "decoder", ["depth.safetensors",
                                                                                        "another shape"]),
     ]
