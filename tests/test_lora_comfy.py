@@ -29,7 +29,7 @@ def loras(comfy):
     decoder = model_shapes(models, "kandinsky-2-2-decoder", "unet")
     example = random_lora(decoder, "decoder", seed=10)  # as conftest writes it
     peft = random_lora(decoder, "decoder", "peft", seed=10, prefix="unet.")
-    assert [v for v in example.values()] and all(torch.equal(a, b) for a, b in zip(example.values(), peft.values()))
+    assert example and all(torch.equal(a, b) for a, b in zip(example.values(), peft.values()))  # same tensors
     write_lora(folder / PEFT, peft)
     write_lora(folder / HALF_ALPHA, random_lora(decoder, "decoder", "peft", seed=10, alpha=1.0))  # rank 2
     write_lora(folder / BAD["sd"], {"lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(4, 1),
