@@ -5,11 +5,11 @@ never consulted. Weights go straight into the requested dtype and device, one te
 the meta device, so a 5 GB fp32 file loaded as fp16 never exists in memory as fp32.
 """
 import json
+import mmap
 import os
 import re
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, XLMRobertaTokenizerFast
 
@@ -23,11 +23,18 @@ from .schedulers import scheduler_from_config
 from .text_encoder import MultilingualCLIP
 from .unet import UNet, UNetConfig
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                "model.fp16.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
-SAFETENSORS_INDEXES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                "model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
+                "diffusion_pytorch_model.safetensors.index.fp16.json", "model.safetensors.index.fp16.json",
+                "diffusion_pytorch_model.bin", "pytorch_model.bin", "diffusion_pytorch_model.bin.index.json",
+                "pytorch_model.bin.index.json")
+TORCH_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")
 COMPONENT_CLASSES = {"unet": "UNet2DConditionModel", "movq": "VQModel", "prior": "PriorTransformer"}
 KANDINSKY3_HINT = "load Kandinsky 3 with the Kandinsky 3 loader (kandinsky_core.kandinsky3.loading)"
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32,
+                      "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def weights_path(path):
@@ -36,25 +43,65 @@ def weights_path(path):
         return path
     if not os.path.isdir(path):
         raise KandinskyError(f"{path} does not exist; put Kandinsky checkpoints in a folder the loader can see.")
-    for name in WEIGHT_FILES + SAFETENSORS_INDEXES:
+    for name in WEIGHT_FILES:
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
     raise KandinskyError(f"{path} holds no weights file (looked for {', '.join(WEIGHT_FILES)}); "
                          "is it a diffusers component folder such as unet/, movq/ or prior/?")
 
 
+def _is_index(path):
+    name = os.path.basename(path)
+    return name.endswith(".json") and ".index" in name
+
+
 def _shard_files(path):
-    if not path.endswith(".index.json"):
+    """The files behind a weights path: the file itself, or every shard a `*.index*.json` names (all must exist)."""
+    if not _is_index(path):
         return [path]
-    with open(path) as f:
-        names = sorted(set(json.load(f)["weight_map"].values()))
-    return [os.path.join(os.path.dirname(path), n) for n in names]
+    try:
+        with open(path) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise KandinskyError(f"{path} is not a readable sharded-weights index ({type(err).__name__}: {err}); "
+                             "download it again.") from None
+    files = [os.path.join(os.path.dirname(path), n) for n in names]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise KandinskyError(f"{path} lists {len(missing)} shard(s) that are not there: {', '.join(missing)}; "
+                             "download every shard the index names into the same folder.")
+    return files
 
 
 def _safetensors_error(path, err):
     size = os.path.getsize(path)
     kind = "empty" if size == 0 else "truncated or corrupt"
-    return KandinskyError(f"{path} is {kind} ({size} bytes; safetensors says: {err}); download the file again.")
+    return KandinskyError(f"{path} is {kind} ({size} bytes; {err}); download the file again.")
+
+
+def _read_header(file):
+    """({key: (dtype, shape, begin, end)} with offsets in the file, metadata) of a safetensors file, checked against its size."""
+    size = os.path.getsize(file)
+    try:
+        with open(file, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_size > size - 8:
+                raise ValueError(f"the header says {header_size} bytes")
+            header = json.loads(f.read(header_size))
+        metadata, start, tensors = header.pop("__metadata__", None) or {}, 8 + header_size, {}
+        for key, entry in header.items():
+            if entry["dtype"] not in SAFETENSORS_DTYPES:
+                raise KandinskyError(f"{file}: tensor {key} is stored as {entry['dtype']}, which kandinsky_core cannot "
+                                     "read; convert the file to F32, F16, BF16 or F8.")
+            dtype, shape, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
+            if not 0 <= begin <= end <= size - start or end - begin != torch.Size(shape).numel() * dtype.itemsize:
+                raise ValueError(f"tensor {key} lies outside the file or has the wrong byte size")
+            tensors[key] = dtype, shape, begin + start, end + start
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        if isinstance(err, KandinskyError):
+            raise
+        raise _safetensors_error(file, f"{type(err).__name__}: {err}") from None
+    return tensors, metadata
 
 
 def _cast(t, dtype, device):
@@ -64,41 +111,48 @@ def _cast(t, dtype, device):
 def iter_tensors(path, dtype=None, device="cpu"):
     """Yield (key, tensor) from a safetensors/.bin file (or a sharded index), cast one tensor at a time."""
     for file in _shard_files(path):
-        if file.endswith((".bin", ".pt", ".ckpt")):
+        if file.endswith(TORCH_EXTENSIONS):
             sd = _torch_load(file)
             for k in list(sd):
                 yield k, _cast(sd.pop(k), dtype, device)
-            continue
-        try:
-            with safe_open(file, framework="pt", device="cpu") as f:
-                keys = list(f.keys())
-                if dtype is None:  # no conversion: the tensors can stay views of the memory-mapped file
-                    for k in keys:
-                        yield k, _cast(f.get_tensor(k), dtype, device)
-        except SafetensorError as err:
-            raise _safetensors_error(file, err) from None
-        if dtype is not None:
-            yield from _read_converted(file, keys, dtype, device)
+        else:
+            yield from _iter_safetensors(file, dtype, device)
 
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
+def _iter_safetensors(file, dtype, device):
+    """One file's tensors, in file order, over a private memory map of it.
+
+    A tensor that keeps its dtype on the CPU is a view of the map: page cache, nothing copied or allocated. A tensor that
+    is cast or moved is read once from the map and this process's pages of it are then dropped, so a converting load
+    holds the converted model plus the tensor being cast, and reads the file at the speed of the page cache or disk.
+    """
+    tensors, _ = _read_header(file)
+    if not tensors:
+        return
+    with open(file, "rb") as f:  # copy-on-write: views are writable (torch wants that) and the file is never changed
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    for key, (source, shape, begin, end) in sorted(tensors.items(), key=lambda item: item[1][2]):
+        t = _view(mapped, source, shape, begin, end)
+        out = _cast(t, dtype, device)
+        if out is not t:
+            del t
+            _release(mapped, begin, end)
+        yield key, out
 
 
-def _read_converted(file, keys, dtype, device):
-    """Tensors read one at a time with plain reads, then converted: peak memory is the converted model plus one
-    source tensor, where a memory map would keep every page read resident until the file is closed."""
-    with open(file, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
-        for k in keys:
-            entry = header[k]
-            begin, end = entry["data_offsets"]
-            f.seek(8 + header_size + begin)
-            data, source = bytearray(f.read(end - begin)), SAFETENSORS_DTYPES[entry["dtype"]]
-            t = torch.frombuffer(data, dtype=source) if data else torch.empty(0, dtype=source)
-            yield k, _cast(t.reshape(entry["shape"]), dtype, device)
+def _view(mapped, dtype, shape, begin, end):
+    if begin == end:
+        return torch.empty(shape, dtype=dtype)
+    t = torch.frombuffer(mapped, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin).reshape(shape)
+    return t if begin % dtype.itemsize == 0 else t.clone()  # writers pad to alignment; kernels may assume it
+
+
+def _release(mapped, begin, end):
+    """Unmap this process's pages inside [begin, end); pages shared with neighbouring tensors stay."""
+    page = mmap.PAGESIZE
+    first, last = -(-begin // page) * page, end // page * page
+    if last > first and hasattr(mapped, "madvise"):  # Windows has no madvise: its pages go when the map does
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _torch_load(file):
@@ -119,26 +173,18 @@ def read_shapes(path):
     """{key: shape} of a weights file, reading only the safetensors header when possible."""
     shapes = {}
     for file in _shard_files(path):
-        if file.endswith((".bin", ".pt", ".ckpt")):
+        if file.endswith(TORCH_EXTENSIONS):
             shapes.update({k: tuple(v.shape) for k, v in _torch_load(file).items()})
-            continue
-        try:
-            with safe_open(file, framework="pt", device="cpu") as f:
-                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-        except SafetensorError as err:
-            raise _safetensors_error(file, err) from None
+        else:
+            shapes.update({k: shape for k, (_, shape, _, _) in _read_header(file)[0].items()})
     return shapes
 
 
 def read_metadata_config(path):
     """The `config` JSON stored in a safetensors file's metadata by our writer, if any."""
-    if not path.endswith(".safetensors"):
+    if path.endswith(TORCH_EXTENSIONS) or _is_index(path):
         return None
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-    except SafetensorError as err:
-        raise _safetensors_error(path, err) from None
+    meta = _read_header(path)[1]
     return json.loads(meta["config"]) if "config" in meta else None
 
 

@@ -163,3 +163,112 @@ def test_mixed_versions_in_a_prior_folder(repos, tmp_path):
     tiny.save_component(PriorTransformer(PriorConfig.from_dict(wide)), wide, str(copy / "prior"))
     with pytest.raises(KandinskyError, match="mixes Kandinsky 2.1 and 2.2 parts"):
         loading.load_prior_models(str(copy))
+
+
+FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def raw(t):
+    """Bytes of a tensor as an integer tensor, so fp8 and NaN compare exactly."""
+    return t.contiguous().view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
+
+
+def sample_tensors(dtype):
+    g = torch.Generator().manual_seed(0)
+    return {"big": (torch.randn(300, 700, generator=g) * 50).to(dtype), "vector": torch.randn(5, generator=g).to(dtype),
+            "empty": torch.zeros(0, 3, dtype=dtype), "scalar": torch.tensor(1.5).to(dtype),
+            "ids": torch.arange(7, dtype=torch.int64), "mask": torch.tensor([True, False, True])}
+
+
+@pytest.mark.parametrize("target", [None] + FLOATS, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("source", FLOATS, ids=lambda d: str(d).replace("torch.", ""))
+def test_every_dtype_round_trips_exactly(tmp_path, source, target):
+    sd = sample_tensors(source)
+    path = str(tmp_path / "w.safetensors")
+    save_file(sd, path)
+    loaded = dict(loading.iter_tensors(path, dtype=target))
+    assert loaded.keys() == sd.keys()
+    for k, t in sd.items():
+        want = t.to(target) if target is not None and t.is_floating_point() else t
+        assert loaded[k].dtype == want.dtype and loaded[k].shape == want.shape and torch.equal(raw(loaded[k]), raw(want)), k
+    assert loading.read_shapes(path) == {k: tuple(t.shape) for k, t in sd.items()}
+
+
+def test_unconverted_tensors_share_the_file_copy_on_write(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(4096), "b": torch.zeros(3)}, str(path))
+    before = path.read_bytes()
+    loaded = dict(loading.iter_tensors(str(path)))
+    loaded["a"].mul_(3)  # parameters are writable; the checkpoint on disk must not change
+    assert path.read_bytes() == before and loaded["a"][0] == 3
+    assert dict(loading.iter_tensors(str(path)))["a"][0] == 1
+
+
+def write_raw_safetensors(path, entries, pad=0):
+    """A safetensors file written by hand: [(key, dtype string, shape, bytes)], data `pad` bytes off alignment."""
+    header, offset = {}, pad
+    for key, dtype, shape, data in entries:
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob + b"\0" * pad + b"".join(e[3] for e in entries))
+
+
+def test_misaligned_tensors_load(tmp_path):
+    x = torch.randn(1000)
+    path = str(tmp_path / "odd.safetensors")
+    write_raw_safetensors(path, [("u", "U8", [3], b"abc"), ("x", "F32", [1000], x.numpy().tobytes())], pad=1)
+    for dtype in (None, torch.float16):
+        loaded = dict(loading.iter_tensors(path, dtype=dtype))
+        assert torch.equal(loaded["x"], x.to(dtype or x.dtype)) and loaded["u"].tolist() == [97, 98, 99]
+
+
+def test_data_cut_short_is_named(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(1000), "b": torch.ones(1000)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(KandinskyError, match="truncated or corrupt .*tensor b lies outside the file"):
+        list(loading.iter_tensors(str(path), dtype=torch.float16))
+
+
+def test_unknown_stored_dtype_is_named(tmp_path):
+    path = str(tmp_path / "c.safetensors")
+    write_raw_safetensors(path, [("z", "C64", [1], b"\0" * 8)])
+    with pytest.raises(KandinskyError, match="tensor z is stored as C64"):
+        loading.read_shapes(path)
+
+
+def write_shards(folder, model, index_name, weights="model-{:05d}-of-00002.safetensors"):
+    """The model's weights split in two shards plus a diffusers/transformers-style index."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    keys, weight_map = sorted(sd), {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = weights.format(i + 1)
+        if name.endswith(".bin"):
+            torch.save({k: sd[k] for k in part}, os.path.join(folder, name))
+        else:
+            save_file({k: sd[k] for k in part}, os.path.join(folder, name))
+        weight_map.update({k: name for k in part})
+    with open(os.path.join(folder, index_name), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+@pytest.mark.parametrize("index_name, weights", [
+    ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model-{:05d}-of-00002.safetensors"),
+    ("model.safetensors.index.fp16.json", "model.fp16-{:05d}-of-00002.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model-{:05d}-of-00002.bin")])
+def test_sharded_checkpoints_load(repos, tmp_path, index_name, weights):
+    model = loading.load_component(repos["kandinsky-2-2-decoder"], "movq")
+    folder = tmp_path / "movq"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(to_dict(tiny.MOVQ_TINY8, "VQModel")))
+    write_shards(str(folder), model, index_name, weights)
+    assert loading.weights_path(str(folder)).endswith(index_name)
+    assert same_weights(loading.load_component(str(folder), "movq"), model)
+    half = loading.load_component(str(folder), "movq", dtype=torch.bfloat16)
+    assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(half.state_dict().values(), model.state_dict().values()))
+    os.remove(folder / weights.format(2))
+    with pytest.raises(KandinskyError, match=f"lists 1 shard.* not there: .*{weights.format(2)}"):
+        loading.load_component(str(folder), "movq")
