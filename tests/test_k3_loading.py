@@ -2,12 +2,15 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import diffusers
 from kandinsky_core import loading as L
@@ -120,3 +123,22 @@ def test_text_encoder_of_another_width_is_refused(k3, tmp_path):
     write_text_encoder(str(folder / "text_encoder"), config=replace(T5_TINY, d_model=48))
     with pytest.raises(KandinskyError, match="text encoder is 48 wide but the UNet reads 32-wide"):
         loading.load_kandinsky3(str(folder))
+
+
+def test_command_line_tiny_3_end_to_end(tmp_path):
+    out = tmp_path / "out.png"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "kandinsky_core", "--tiny", "3", "--steps", "3", "--out", str(out)],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "loaded Kandinsky 3" in result.stdout
+    image = np.asarray(Image.open(out))
+    assert image.shape == (64, 64, 3) and image.std() > 1
+
+
+def test_command_line_refuses_a_kandinsky2_folder_as_kandinsky3(tmp_path):
+    folder = tiny2.write_decoder(str(tmp_path / "kandinsky-2-2-decoder"), tiny2.DECODERS["kandinsky-2-2-decoder"][0])
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "kandinsky_core", "--kandinsky3", folder], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Kandinsky 2 loaders" in result.stderr and "Traceback" not in result.stderr
