@@ -1,14 +1,15 @@
 """The ComfyUI layer: node schemas and ComfyUI types over kandinsky_core; no model math here."""
 from comfy_api.latest import ComfyExtension
 
-from . import decoder_nodes, image_nodes, loaders, lora, paths, prior_nodes
+from . import decoder_nodes, image_nodes, k3_nodes, loaders, lora, paths, prior_nodes
 
 
 class KandinskyExtension(ComfyExtension):
     """Registers every node of the pack."""
 
     async def get_node_list(self):
-        return [*loaders.NODES, *prior_nodes.NODES, *image_nodes.NODES, *decoder_nodes.NODES, *lora.NODES]
+        return [*loaders.NODES, *prior_nodes.NODES, *image_nodes.NODES, *decoder_nodes.NODES, *lora.NODES,
+                *k3_nodes.NODES]
 
 
 async def comfy_entrypoint():

@@ -30,24 +30,41 @@ def _is_depth_model(folder):
     return any(a.endswith("ForDepthEstimation") for a in architectures)
 
 
+def is_kandinsky3(folder):
+    """Whether `folder` is a kandinsky-3 repo folder (its unet/config.json names Kandinsky3UNet)."""
+    config = os.path.join(folder, "unet", "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            return json.load(f).get("_class_name") == "Kandinsky3UNet"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _matches(folder, kind):
     if kind == "depth":
         return _is_depth_model(folder)
+    if kind in ("kandinsky3", "decoder") and is_kandinsky3(folder):  # a kandinsky-3 folder is no 2.x decoder
+        return kind == "kandinsky3"
+    if kind == "kandinsky3":
+        return False
     return any(os.path.isdir(os.path.join(folder, m)) for m in REPO_MARKERS[kind])
 
 
 def entries(kind):
-    """Loader choices for `kind` ('prior', 'decoder', 'movq' or 'depth'): matching folders, then lone weight files."""
+    """Loader choices for `kind` ('prior', 'decoder', 'movq', 'depth' or 'kandinsky3'): matching folders, then lone
+    weight files (none for 'depth' and 'kandinsky3', which need whole folders)."""
     folders, files = set(), set()
     for root in folder_paths.get_folder_paths(FOLDER):
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
             if rel != "." and _matches(dirpath, kind):
                 folders.add(rel + "/")
-            if rel != "." and any(_matches(dirpath, k) for k in ("prior", "decoder", "movq", "depth")):
+            if rel != "." and any(_matches(dirpath, k) for k in ("prior", "decoder", "movq", "depth", "kandinsky3")):
                 dirnames[:] = []  # the parts of a checkpoint folder are not offered on their own
                 continue
-            if kind != "depth":
+            if kind not in ("depth", "kandinsky3"):
                 files.update(os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
                              for f in filenames if f.lower().endswith(WEIGHT_EXTENSIONS))
     return sorted(folders) + sorted(files)

@@ -13,6 +13,7 @@ from lora_files import write_example_loras
 def write_models(root):
     """Every tiny Kandinsky repo folder, a tiny depth model and the 2.2 decoder's UNet as a lone file, under `root`."""
     from kandinsky_core import loading, tiny  # imported here: only sessions that start a server need them
+    import k3_files
 
     folders = tiny.write_all(str(root))
     tiny.write_depth_model(str(root / DEPTH_MODEL))
@@ -22,6 +23,7 @@ def write_models(root):
     (root / SINGLE_UNET).parent.mkdir(parents=True)
     tiny.save_single_file(loading.load_component(unet, "unet"), config, str(root / SINGLE_UNET))
     write_example_loras(root.parent / "loras", root)  # models/loras: the LoRA example workflow's files
+    k3_files.write_all(str(root))  # kandinsky-3/, and one with a T5 of another width
 
 
 def write_inputs(folder):

@@ -1,0 +1,135 @@
+"""The Kandinsky 3 UNet as a ComfyUI MODEL: KSampler, every sampler and scheduler, and the latent nodes work with it.
+
+It predicts ε on the checkpoint's cosine ("squaredcos_cap_v2") schedule, which ComfyUI's discrete model sampling has
+under the same name. CONDITIONING comes from CLIP Text Encode with the Kandinsky 3 CLIP (k3_text.py): T5 hidden
+states (B, L, d) with the prompt's attention mask and a marker in its dict; anything else is refused by name here.
+The UNet is built with `comfy.ops`, so fp8 weight storage and ComfyUI's low-VRAM partial loading apply to it.
+"""
+import json
+import os
+
+import comfy.conds
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.supported_models_base
+import torch
+
+from ..kandinsky_core import loading
+from ..kandinsky_core import schedulers as S
+from ..kandinsky_core.errors import KandinskyError
+from ..kandinsky_core.kandinsky3.unet import UNet, UNetConfig
+from . import paths
+from .decoder_model import KandinskyLatent
+
+SUPPORTED_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# The loaders' weight_dtype choices, as core's Load Diffusion Model: "default" lets ComfyUI pick for the device.
+WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16,
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+MARKER = "kandinsky3_text_width"  # conditioning dict key: set by the Kandinsky 3 CLIP to its T5's width
+MASK = "attention_mask"  # conditioning dict key: the T5 attention mask (B, L), 1 for real tokens
+
+
+class Kandinsky3ModelConfig(comfy.supported_models_base.BASE):
+    """How ComfyUI treats the Kandinsky 3 UNet: ε-prediction over 1000 steps of diffusers' cosine betas."""
+
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config = {}
+    latent_format = KandinskyLatent
+    # ComfyUI's float64 "cosine" is diffusers' squaredcos_cap_v2 up to 3e-4 in σ; Kandinsky3 replaces it with the exact
+    # fp32 table ("squaredcos_cap_v2" itself crashes ComfyUI 0.3.75's schedule code: it returns a numpy array).
+    sampling_settings = {"beta_schedule": "cosine"}
+    memory_usage_factor = 2.0
+    supported_inference_dtypes = SUPPORTED_DTYPES
+
+
+class Kandinsky3Net(torch.nn.Module):
+    """ComfyUI's calling convention around the core UNet: T5 states from the cross-attn slot, mask as an extra cond."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def dtype(self):
+        """Weight dtype, which ComfyUI reads."""
+        return next(self.unet.parameters()).dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, kandinsky3_mask=None, **kwargs):
+        return self.unet(x, timesteps, context, kandinsky3_mask)
+
+
+class Kandinsky3(comfy.model_base.BaseModel):
+    """The Kandinsky 3 UNet inside ComfyUI's model management, with the folder's scheduler config for our sampler."""
+
+    def __init__(self, model_config, unet, scheduler_config=None, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device)
+        self.diffusion_model = Kandinsky3Net(unet)
+        self.scheduler_config = scheduler_config or S.KANDINSKY_3_DDPM
+        abar = S.scheduler_from_config(self.scheduler_config).alphas_cumprod
+        self.model_sampling.set_sigmas(((1 - abar) / abar) ** 0.5)  # the checkpoint's own schedule, as the core's
+
+    def extra_conds(self, **kwargs):
+        hidden, mask = check_conditioning(kwargs.get("cross_attn"), kwargs, self.diffusion_model.unet.config.encoder_hid_dim,
+                                          "KSampler")
+        # CONDRegular batches only equal lengths: a prompt and a negative of other lengths run as separate UNet calls,
+        # as in the core (padding would change the UNet's pooled text embedding, which averages every position).
+        return {"c_crossattn": comfy.conds.CONDRegular(hidden), "kandinsky3_mask": comfy.conds.CONDRegular(mask)}
+
+
+def check_conditioning(hidden, extra, width, node):
+    """(hidden states, float mask) of one Kandinsky 3 conditioning entry, or a KandinskyError saying what to connect."""
+    where = f"The Kandinsky 3 model (in {node})"
+    fix = "connect CLIP Text Encode with the CLIP output of Kandinsky 3 T5 Loader"
+    if hidden is None or hidden.ndim != 3:
+        shape = None if hidden is None else tuple(hidden.shape)
+        raise KandinskyError(f"{where} got conditioning of shape {shape}, not T5 text states; {fix}.")
+    if MARKER not in extra:
+        if hidden.shape[1] == 1 or any(k.startswith("kandinsky_") for k in extra):
+            raise KandinskyError(f"{where} got Kandinsky 2.x image-embedding conditioning ({hidden.shape[-1]}-dim, from "
+                                 f"a Kandinsky prior node); those go to a Kandinsky 2 decoder. Here, {fix}.")
+        raise KandinskyError(f"{where} got {hidden.shape[-1]}-wide conditioning from another text encoder (a Stable "
+                             f"Diffusion/Flux CLIP or T5); {fix}.")
+    if hidden.shape[-1] != width:
+        raise KandinskyError(f"{where} takes {width}-wide T5 states but got {hidden.shape[-1]}-wide ones: the T5 loaded "
+                             f"by Kandinsky 3 T5 Loader is not this UNet's text encoder; load both from the same "
+                             "kandinsky-3 folder.")
+    mask = extra.get(MASK)
+    if mask is None or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        found = None if mask is None else tuple(mask.shape)
+        raise KandinskyError(f"{where}: the conditioning's attention mask {found} does not match its {tuple(hidden.shape[:2])} "
+                             "tokens (ConditioningConcat joins texts without their masks); use one CLIP Text Encode "
+                             "per prompt, or Conditioning (Combine).")
+    return hidden, mask.float()
+
+
+def read_unet_config(folder):
+    """The UNet config of a kandinsky-3 folder."""
+    path = os.path.join(folder, "unet", "config.json")
+    if not paths.is_kandinsky3(folder):
+        raise KandinskyError(f"{folder} is not a kandinsky-3 folder: {path} must exist and name Kandinsky3UNet; copy the "
+                             "unet/ folder of kandinsky-community/kandinsky-3.")
+    with open(path) as f:
+        return UNetConfig.from_dict({k: v for k, v in json.load(f).items() if not k.startswith("_")})
+
+
+def load_unet(folder, weight_dtype="default"):
+    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device."""
+    if weight_dtype not in WEIGHT_DTYPES:  # ComfyUI 0.3.75 does not check V3 combo values
+        raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
+    config = read_unet_config(folder)
+    weights = loading.weights_path(os.path.join(folder, "unet"))
+    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights).values())
+    load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
+    dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
+    manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
+    model_config = Kandinsky3ModelConfig(Kandinsky3ModelConfig.unet_config)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    ops = comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
+    unet = loading.load_weights(UNet(config, operations=ops, dtype=dtype, device="meta"), weights, dtype=dtype, device=offload)
+    scheduler = None
+    if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):
+        scheduler = loading.read_scheduler_config(folder)
+    model = Kandinsky3(model_config, unet.eval(), scheduler, device=offload)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)

@@ -1,0 +1,158 @@
+"""Kandinsky 3 nodes: the UNet loader (a MODEL), the T5 loader (a CLIP) and the Kandinsky 3 Sampler.
+
+The MoVQ is the pack's Kandinsky MoVQ Loader / Encode / Decode (the K3 MoVQ has the 2.x architecture, twice as wide).
+Guidance: Kandinsky 3 (diffusers, the core) writes `(g + 1)·cond − g·uncond`, which is ComfyUI's cfg = g + 1; the
+published default g = 3 is cfg 4.
+"""
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+
+from ..kandinsky_core.errors import KandinskyError
+from ..kandinsky_core.kandinsky3 import pipeline as K3
+from . import paths
+from .decoder_nodes import make_scheduler, repeats
+from .k3_model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet
+from .k3_text import load_clip
+from .progress import step_callback
+
+CATEGORY = "Kandinsky 3"
+SAMPLERS = ["checkpoint", "ddpm", "dpm++ 2m", "dpm++ 2m karras"]
+DTYPE_TIP = ("How the weights are stored: default lets ComfyUI choose for the device; fp8 halves the memory of fp16 "
+             "(computed in a higher precision layer by layer).")
+
+
+class UNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="Kandinsky3UNetLoader", display_name="Kandinsky 3 UNet Loader", category=f"{CATEGORY}/loaders",
+            description="Loads the Kandinsky 3 UNet (3 B parameters) of a kandinsky-3 folder as a MODEL, for KSampler "
+                        "or the Kandinsky 3 Sampler. fp8 storage and ComfyUI's low-VRAM loading apply to it.",
+            inputs=[io.Combo.Input("unet", options=paths.entries("kandinsky3"),
+                                   tooltip="A kandinsky-community/kandinsky-3 folder (unet/, scheduler/) in "
+                                           "models/kandinsky."),
+                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)],
+            outputs=[io.Model.Output(display_name="model", tooltip="The UNet as a ComfyUI model (ε-prediction on the "
+                                                                   "checkpoint's cosine schedule).")])
+
+    @classmethod
+    def execute(cls, unet, weight_dtype):
+        return io.NodeOutput(load_unet(paths.resolve(unet), weight_dtype))
+
+
+class T5Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="Kandinsky3T5Loader", display_name="Kandinsky 3 T5 Loader", category=f"{CATEGORY}/loaders",
+            description="Loads Kandinsky 3's text encoder (the Flan-UL2 T5 encoder, 8.7 B parameters) and tokenizer as "
+                        "a CLIP, for CLIP Text Encode and the conditioning nodes.",
+            inputs=[io.Combo.Input("text_encoder", options=paths.entries("kandinsky3"),
+                                   tooltip="A kandinsky-community/kandinsky-3 folder (text_encoder/, tokenizer/) in "
+                                           "models/kandinsky."),
+                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)],
+            outputs=[io.Clip.Output(display_name="clip", tooltip="The T5 as a CLIP: prompts are read as written (no "
+                                                                 "(word:1.2) weighting), up to 127 tokens.")])
+
+    @classmethod
+    def execute(cls, text_encoder, weight_dtype):
+        return io.NodeOutput(load_clip(paths.resolve(text_encoder), weight_dtype))
+
+
+def kandinsky3_of(model):
+    """The Kandinsky3 BaseModel inside a MODEL, or a clear error for any other model."""
+    inner = getattr(model, "model", None)
+    if not isinstance(inner, Kandinsky3):
+        raise KandinskyError(f"Kandinsky 3 Sampler needs a MODEL from Kandinsky 3 UNet Loader, got {type(inner).__name__}; "
+                             "use KSampler (or the Kandinsky Decoder Sampler for 2.x) with other models.")
+    return inner
+
+
+def read_conditioning(cond, name, width):
+    """(states, mask) of a single-entry Kandinsky 3 CONDITIONING."""
+    if not cond or len(cond) != 1:
+        raise KandinskyError(f"The {name} conditioning has {len(cond or [])} entries; the Kandinsky 3 Sampler takes one "
+                             "(from CLIP Text Encode). Use KSampler for combined conditioning.")
+    return check_conditioning(cond[0][0], cond[0][1], width, f"Kandinsky 3 Sampler, {name}")
+
+
+def conditioning_pair(cond, n, device, dtype):
+    """A (states, mask) pair on the UNet's device, each row repeated for its n latents."""
+    hidden, mask = cond
+    return hidden.to(device, dtype).repeat_interleave(n, dim=0), mask.to(device).repeat_interleave(n, dim=0)
+
+
+class Computing(torch.nn.Module):
+    """The UNet as the core loops see it: on the load device in the compute dtype (the core reads both from the first
+    parameter; with fp8 storage or low-VRAM partial loading the UNet's own weights say neither)."""
+
+    def __init__(self, unet, dtype, device):
+        super().__init__()
+        self.probe = torch.nn.Parameter(torch.empty(0, dtype=dtype, device=device), requires_grad=False)
+        self.unet, self.config = unet, unet.config
+
+    def forward(self, *args):
+        return self.unet(*args)
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="Kandinsky3Sampler", display_name="Kandinsky 3 Sampler", category=f"{CATEGORY}/sampling",
+            description="Samples Kandinsky 3 with the checkpoint's DDPM (or DPM-Solver++ 2M), exactly as kandinsky_core "
+                        "and diffusers do for the same seed. Text-to-image at denoise 1; image-to-image below, on "
+                        "latents from Kandinsky MoVQ Encode.",
+            inputs=[
+                io.Model.Input("model", tooltip="From Kandinsky 3 UNet Loader."),
+                io.Conditioning.Input("positive", tooltip="CLIP Text Encode with the Kandinsky 3 CLIP."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Optional negative prompt. Unconnected: no negative prompt (diffusers' "
+                                              "default, an empty and fully masked context)."),
+                io.Latent.Input("latent_image", tooltip="Empty Latent Image (sides multiples of 64 pixels) for text-to-"
+                                                        "image, or Kandinsky MoVQ Encode's latents for denoise < 1."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise (a CPU generator: the same image on any device)."),
+                io.Int.Input("steps", default=25, min=1, max=999, tooltip="Denoising steps (25 in diffusers)."),
+                io.Float.Input("cfg", default=4.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="ComfyUI's cfg = Kandinsky 3's guidance + 1: 4.0 is diffusers' default 3.0. "
+                                       "At 2 or below guidance is off (the negative is not used), as in diffusers."),
+                io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint",
+                               tooltip="checkpoint: the folder's scheduler (DDPM with x0 clipping)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it."),
+            ],
+            outputs=[io.Latent.Output(tooltip="MoVQ latents; decode with Kandinsky MoVQ Decode.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler, denoise, negative=None):
+        k3 = kandinsky3_of(model)
+        width, g = k3.diffusion_model.unet.config.encoder_hid_dim, cfg - 1.0
+        pos = read_conditioning(positive, "positive", width)
+        neg = read_conditioning(negative, "negative", width) if negative is not None else None
+        if not 0 <= denoise <= 1:
+            raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
+        mm.load_models_gpu([model])
+        unet = k3.diffusion_model.unet
+        device, dtype = model.load_device, k3.manual_cast_dtype or next(unet.parameters()).dtype
+        init = latent_image["samples"]
+        n = repeats(pos[0].shape[0], init.shape[0])
+        positive = conditioning_pair(pos, n, device, dtype)
+        negative = None if g <= 1 else conditioning_pair(neg, n, device, dtype) if neg is not None else \
+            (torch.zeros_like(positive[0]), torch.zeros_like(positive[1]))  # diffusers' negative_prompt=None
+        if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
+            raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
+        core = K3.Kandinsky3Models(Computing(unet, dtype, device), None, make_scheduler(k3.scheduler_config, sampler))
+        run = dict(steps=steps, guidance_scale=g, generator=torch.Generator().manual_seed(seed),
+                   callback=step_callback(steps, cls.hidden.unique_id, model))
+        if denoise < 1:
+            latents = K3.sample_image_to_image(core, positive, negative, init.to(device, dtype), strength=denoise, **run)
+        else:
+            latents = K3.sample_text_to_image(core, positive, negative, tuple(init.shape), **run)
+        return io.NodeOutput({"samples": latents.to(mm.intermediate_device(), torch.float32)})
+
+
+NODES = [UNetLoader, T5Loader, Sampler]
