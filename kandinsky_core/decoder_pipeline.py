@@ -4,7 +4,12 @@ One denoising loop (`denoise`) serves every variant; the public functions only p
 Kandinsky pipelines do, minus their bugs (kandinsky_tech.md §6): img2img keeps height and width in order (so 2.1
 img2img also works for non-square sizes), 2.2 inpainting blends every batch item with its own image, and image
 embeddings are repeated for `num_images_per_prompt` with or without guidance.
+
+The latent-level `sample_*` functions take latents of any size (`unet_any_size` pads them to what the UNet needs and
+crops its output back) and can give every batch row the same noise (`shared_noise`); the image-level functions keep
+diffusers' sizes (multiples of 64).
 """
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -121,17 +126,71 @@ def guided_output(out, guidance_scale):
     return torch.cat([neg + guidance_scale * (pos - neg), var.chunk(2)[1]], dim=1)
 
 
-def denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator=None, callback=None, concat=None, blend=None):
+def unet_any_size(unet, x, t, hint=None, **cond):
+    """The UNet on latents of any height and width: padded to the multiple it needs, its output cropped back.
+
+    Sizes the UNet takes as they are run unchanged (bit-identical). Others are padded on both sides by reflection
+    (noise stays noise-like), or by repeating the edge where the latent is too small to reflect; a depth hint is
+    padded the same way at its 8x pixel scale.
+    """
+    m = unet.config.latent_multiple
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % m, -w % m
+    if not (pad_h or pad_w) or 0 in x.shape:  # empty latents go through for the UNet's own error
+        return unet(x, t, hint=hint, **cond)
+    top, left = pad_h // 2, pad_w // 2
+    pad = (left, pad_w - left, top, pad_h - top)
+    mode = "reflect" if max(pad) < min(h, w) else "replicate"
+    if hint is not None:
+        hint = F.pad(hint, tuple(8 * p for p in pad), mode=mode)
+    out = unet(F.pad(x, pad, mode=mode), t, hint=hint, **cond)
+    return out[..., top:top + h, left:left + w]
+
+
+class SharedNoiseSteps:
+    """A scheduler whose steps draw the same noise for every batch row: one scheduler copy per row (multistep
+    solvers keep one history per row), each stepping from the same generator state."""
+
+    def __init__(self, scheduler, rows):
+        self.schedulers = [scheduler] + [copy.deepcopy(scheduler) for _ in range(rows - 1)]
+
+    def step(self, model_output, t, sample, generator=None):
+        """One step of every row, each row drawing the noise the first row draws."""
+        state = generator.get_state() if generator is not None else torch.get_rng_state()
+        restore = generator.set_state if generator is not None else torch.set_rng_state
+        rows = []
+        for i, scheduler in enumerate(self.schedulers):
+            restore(state)
+            rows.append(scheduler.step(model_output[i:i + 1], t, sample[i:i + 1], generator=generator))
+        return torch.cat(rows)
+
+    def predict_x0(self, model_output, t, sample):
+        """The x0 estimate (for previews), the same for every row's scheduler."""
+        return self.schedulers[0].predict_x0(model_output, t, sample)
+
+
+def initial_noise(shape, generator, device, dtype, shared_noise=False):
+    """Starting noise of `shape`; with `shared_noise`, one draw repeated for every batch row (row 0 is the same
+    either way)."""
+    if not shared_noise:
+        return randn(shape, generator, device, dtype)
+    return randn((1, *shape[1:]), generator, device, dtype).expand(*shape).contiguous()
+
+
+def denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator=None, callback=None, concat=None,
+            blend=None, shared_noise=False):
     """The shared sampling loop: guided UNet, scheduler step, optional inpaint blend, per-step callback.
 
-    Schedulers get all 8 output channels; only DDPM's learned_range variance uses channels 4-7.
+    Schedulers get all 8 output channels; only DDPM's learned_range variance uses channels 4-7. With `shared_noise`,
+    the noise a stochastic scheduler adds at each step is the same for every batch row.
     """
     cfg = guidance_scale > 1
+    scheduler = SharedNoiseSteps(scheduler, latents.shape[0]) if shared_noise else scheduler
     for i, t in enumerate(timesteps):
         x = torch.cat([latents] * 2) if cfg else latents
         if concat is not None:
             x = torch.cat([x, concat], dim=1)
-        out = guided_output(models.unet(x, t, **cond), guidance_scale)
+        out = guided_output(unet_any_size(models.unet, x, t, **cond), guidance_scale)
         previous, latents = latents, scheduler.step(out, t, latents, generator=generator)
         if blend is not None:
             latents = blend(i, latents)
@@ -166,33 +225,35 @@ def _timesteps(scheduler, steps, strength=1.0):
 
 @torch.no_grad()
 def sample_text_to_image(models, cond, shape, *, steps=100, guidance_scale=4.0, generator=None, latents=None,
-                         scheduler=None, callback=None):
-    """Latents from noise of `shape`, given `conditioning(...)`: the text-to-image (and depth) loop."""
+                         scheduler=None, callback=None, shared_noise=False):
+    """Latents from noise of `shape` (any latent size) given `conditioning(...)`: the text-to-image and depth loop."""
     scheduler = scheduler or models.scheduler
     device, dtype = _device_dtype(models)
     timesteps = _timesteps(scheduler, steps)
     if latents is None:
-        latents = randn(shape, generator, device, dtype)
+        latents = initial_noise(shape, generator, device, dtype, shared_noise)
     elif tuple(latents.shape) != tuple(shape):
         raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
     latents = latents.to(device, dtype) * scheduler.init_noise_sigma
-    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback,
+                   shared_noise=shared_noise)
 
 
 @torch.no_grad()
 def sample_image_to_image(models, cond, init, *, strength=0.3, steps=100, guidance_scale=4.0, generator=None,
-                          scheduler=None, callback=None):
+                          scheduler=None, callback=None, shared_noise=False):
     """Latents re-drawn from MoVQ latents `init` (one row per output image), noised according to `strength`."""
     scheduler = scheduler or models.scheduler
     timesteps = _timesteps(scheduler, steps, strength)
     images.check_finite(init, "The latent image")
-    noise = randn(init.shape, generator, init.device, init.dtype)
+    noise = initial_noise(init.shape, generator, init.device, init.dtype, shared_noise)
     if models.version == "2.1":  # 2.1 noises with its training-time schedule at a strength-derived timestep
         t = torch.full((init.shape[0],), int(1000 * strength) - 2, dtype=torch.long)
         latents = add_noise_kandinsky21_img2img(init * scheduler.init_noise_sigma, noise, t)
     else:
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
-    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback)
+    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback,
+                   shared_noise=shared_noise)
 
 
 def _require_inpainting(models):
@@ -207,7 +268,7 @@ def latent_keep_mask(keep, size):
 
 @torch.no_grad()
 def sample_inpaint(models, cond, init, keep, shape, *, steps=100, guidance_scale=4.0, generator=None, latents=None,
-                   scheduler=None, callback=None):
+                   scheduler=None, callback=None, shared_noise=False):
     """Latents of `shape` that repaint where the latent `keep` mask is 0; `init` and `keep` have 1 row or one per output."""
     _require_inpainting(models)
     scheduler = scheduler or models.scheduler
@@ -216,10 +277,12 @@ def sample_inpaint(models, cond, init, keep, shape, *, steps=100, guidance_scale
     concat = torch.cat([(init * keep).expand(shape[0], -1, -1, -1), keep.expand(shape[0], -1, -1, -1)], dim=1)
     concat = torch.cat([concat] * 2) if guidance_scale > 1 else concat  # after the latents: masked-image latents, mask
     timesteps = _timesteps(scheduler, steps)
-    latents = randn(shape, generator, device, dtype) if latents is None else latents.to(device, dtype)
-    latents = latents * scheduler.init_noise_sigma
+    if latents is None:
+        latents = initial_noise(shape, generator, device, dtype, shared_noise)
+    latents = latents.to(device, dtype) * scheduler.init_noise_sigma
     blend = None if models.version == "2.1" else _blend(scheduler, init, keep, latents.clone(), timesteps)
-    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback, concat, blend)
+    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback, concat, blend,
+                      shared_noise)
     return latents if models.version == "2.1" else keep * init + (1 - keep) * latents
 
 

@@ -69,6 +69,16 @@ def check_size(height, width, multiple=64):
         raise KandinskyError(". ".join(problems))
 
 
+def crop_to_multiple(pixels, multiple):
+    """A (..., H, W) tensor centre-cropped to the largest multiple of `multiple` per side, as ComfyUI's VAE Encode."""
+    h, w = pixels.shape[-2:]
+    if h < multiple or w < multiple:
+        raise KandinskyError(f"the image is {w}x{h} (width x height), smaller than the {multiple}x{multiple} pixels "
+                             f"the MoVQ needs; use an image of at least {multiple} pixels a side")
+    top, left = h % multiple // 2, w % multiple // 2
+    return pixels[..., top:top + h - h % multiple, left:left + w - w % multiple]
+
+
 def preprocess_image(image, height, width):
     """Image(s) → (B, 3, height, width) float32 tensor in [-1, 1], as diffusers' `VaeImageProcessor.preprocess`.
 

@@ -18,6 +18,7 @@ import torch
 
 from ..kandinsky_core import loading
 from ..kandinsky_core import schedulers as S
+from ..kandinsky_core.decoder_pipeline import unet_any_size
 from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.text_encoder import encode_text
 
@@ -59,8 +60,9 @@ class DecoderNet(torch.nn.Module):
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, kandinsky_text_embeds=None,
                 kandinsky_text_hidden=None, kandinsky_hint=None, **kwargs):
-        out = self.unet(x, timesteps, context[:, 0], text_embeds=kandinsky_text_embeds,
-                        text_hidden_states=kandinsky_text_hidden, hint=kandinsky_hint)
+        # Any latent size Empty Latent Image offers: padded to the UNet's multiple and cropped back.
+        out = unet_any_size(self.unet, x, timesteps, image_embeds=context[:, 0], text_embeds=kandinsky_text_embeds,
+                            text_hidden_states=kandinsky_text_hidden, hint=kandinsky_hint)
         return out[:, :4]  # ComfyUI samplers bring their own variance: drop the learned-variance channels
 
 

@@ -54,8 +54,9 @@ class DecoderSampler(io.ComfyNode):
                 io.Model.Input("model", tooltip="A decoder from Kandinsky Decoder Loader."),
                 io.Conditioning.Input("positive", tooltip="Image embedding from the prior nodes."),
                 io.Conditioning.Input("negative", tooltip="Negative image embedding from the prior nodes."),
-                io.Latent.Input("latent_image", tooltip="Sets the size and batch (Empty Latent Image), or the image to "
-                                                        "re-draw when denoise < 1 (Kandinsky MoVQ Encode)."),
+                io.Latent.Input("latent_image", tooltip="Sets the size (any multiple of 8 pixels) and batch (Empty "
+                                                        "Latent Image), or the image to re-draw when denoise < 1 "
+                                                        "(Kandinsky MoVQ Encode)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise (a CPU generator: same image on any device)."),
                 io.Int.Input("steps", default=50, min=1, max=999, tooltip="Denoising steps; diffusers uses 100 with "
@@ -66,13 +67,18 @@ class DecoderSampler(io.ComfyNode):
                                tooltip="checkpoint: the folder's scheduler (DDPM for 2.2, DDIM for 2.1)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it."),
+                io.Boolean.Input("shared_noise", default=False, optional=True,  # optional: saved API prompts lack it
+                                 tooltip="Give every batch item the same noise (the first item's), so the items differ "
+                                         "only by their embedding: smooth Interpolate Batch animations. Off: each item "
+                                         "gets its own noise."),
             ],
             outputs=[io.Latent.Output(tooltip="MoVQ latents; decode with Kandinsky MoVQ Decode.")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, seed, steps, guidance_scale, sampler, denoise):
+    def execute(cls, model, positive, negative, latent_image, seed, steps, guidance_scale, sampler, denoise,
+                shared_noise=False):
         decoder = decoder_of(model)
         emb, extra = read_conditioning(positive, "positive", decoder)
         neg, neg_extra = read_conditioning(negative, "negative", decoder)
@@ -85,7 +91,7 @@ class DecoderSampler(io.ComfyNode):
         hint = hint_tensor(extra.get("kandinsky_hint"), init) if needs_hint else None
         cond = D.conditioning(core, emb, neg, extra.get("kandinsky_prompt"), neg_extra.get("kandinsky_prompt"), n, guidance_scale, hint)
         run = dict(steps=steps, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
-                   callback=step_callback(steps, cls.hidden.unique_id, model))
+                   callback=step_callback(steps, cls.hidden.unique_id, model), shared_noise=shared_noise)
         latents = sample(core, cond, init, extra, denoise, run)
         return io.NodeOutput({"samples": latents.to(mm.intermediate_device(), torch.float32)})
 

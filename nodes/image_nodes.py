@@ -3,6 +3,7 @@ import logging
 
 import comfy.model_management as mm
 import torch
+import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..kandinsky_core import depth, images, tiling
@@ -41,15 +42,15 @@ def comfy_image(pixels):
     return pixels.movedim(1, -1).to(mm.intermediate_device(), torch.float32)
 
 
-def check_encodable(image, f):
-    """Refuse images the MoVQ cannot encode, naming the nearest sizes that work."""
-    images.check_finite(image, "The image to encode")
-    try:
-        images.check_size(image.shape[1], image.shape[2], f)
-    except KandinskyError as e:
-        raise KandinskyError(f"The MoVQ encodes images whose sides are multiples of {f}, but this one is "
-                             f"{image.shape[2]}x{image.shape[1]} (width x height): {e}. Crop or scale it first "
-                             "(e.g. ImageCrop or Upscale Image).") from e
+def encodable(image, f):
+    """An IMAGE as MoVQ input, centre-cropped to multiples of `f` pixels as core VAE Encode does (100x70 -> 96x64)."""
+    return images.crop_to_multiple(movq_pixels(images.check_finite(image, "The image to encode")), f)
+
+
+def fit_mask(mask, height, width):
+    """A MASK as (B, 1, height, width), resized bilinearly when its size differs, as core InpaintModelConditioning."""
+    mask = images.check_finite(mask, "The mask").reshape(-1, 1, *mask.shape[-2:]).float()
+    return mask if mask.shape[-2:] == (height, width) else F.interpolate(mask, (height, width), mode="bilinear")
 
 
 def memory(per_pixel, batch, height, width, dtype):
@@ -60,10 +61,10 @@ def memory(per_pixel, batch, height, width, dtype):
 def encode(movq, image, node_id=None):
     """MoVQ latents (B, 4, H/8, W/8) of an IMAGE: whole, or in tiles if the whole image does not fit in memory."""
     movq = require_movq(movq)
-    check_encodable(image, movq.model.config.scale_factor)
-    b, h, w = image.shape[:3]
+    x = encodable(image, movq.model.config.scale_factor)
+    b, _, h, w = x.shape
     model = movq.ready(memory_required=memory(ENCODE_MEMORY_PER_PIXEL, b, h, w, movq.dtype))
-    x = movq_pixels(image).to(movq.patcher.load_device, movq.dtype)
+    x = x.to(movq.patcher.load_device, movq.dtype)
     try:
         return model.encode(x).to(mm.intermediate_device(), torch.float32)
     except mm.OOM_EXCEPTION:
@@ -111,7 +112,9 @@ class MoVQEncode(io.ComfyNode):
             description="Encodes images into Kandinsky latents with the MoVQ (in tiles if the whole image does not fit "
                         "in memory), e.g. for image-to-image with KSampler's denoise below 1.",
             inputs=[types.MoVQ.Input("movq", tooltip="The MoVQ, from the Decoder Loader or the MoVQ Loader."),
-                    io.Image.Input("image", tooltip="Images whose width and height are multiples of 8.")],
+                    io.Image.Input("image", tooltip="Images of any size: as with VAE Encode, sides that are not "
+                                                    "multiples of 8 are centre-cropped to the multiple below (100x70 "
+                                                    "-> 96x64).")],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The MoVQ latents, 1/8 of the image size.")],
             hidden=[io.Hidden.unique_id])
 
@@ -151,9 +154,11 @@ class InpaintConditioning(io.ComfyNode):
             inputs=[io.Conditioning.Input("positive", tooltip="Positive conditioning from a Kandinsky prior node."),
                     io.Conditioning.Input("negative", tooltip="Negative conditioning from a Kandinsky prior node."),
                     types.MoVQ.Input("movq", tooltip="The MoVQ, from the Decoder Loader or the MoVQ Loader."),
-                    io.Image.Input("pixels", tooltip="The image to inpaint; width and height multiples of 8."),
-                    io.Mask.Input("mask", tooltip="Where to repaint (white, >= 0.5); the image's size, one mask or one "
-                                                  "per image.")],
+                    io.Image.Input("pixels", tooltip="The image to inpaint, any size: centre-cropped to multiples of "
+                                                     "8 as VAE Encode does."),
+                    io.Mask.Input("mask", tooltip="Where to repaint (white, >= 0.5); one mask or one per image, "
+                                                  "resized to the image if its size differs (Load Image gives 64x64 "
+                                                  "for images without alpha).")],
             outputs=[io.Conditioning.Output(display_name="positive",
                                             tooltip="Positive conditioning with the inpainting inputs."),
                      io.Conditioning.Output(display_name="negative",
@@ -164,8 +169,10 @@ class InpaintConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, movq, pixels, mask):
-        keep, _ = images.prepare_mask_and_masked_image(movq_pixels(pixels), mask, pixels.shape[1], pixels.shape[2])
-        latents = encode(movq, pixels, cls.hidden.unique_id)
+        f = require_movq(movq).model.config.scale_factor
+        image, hole = encodable(pixels, f), images.crop_to_multiple(fit_mask(mask, *pixels.shape[1:3]), f)
+        keep, _ = images.prepare_mask_and_masked_image(image, hole, *image.shape[-2:])
+        latents = encode(movq, pixels, cls.hidden.unique_id)  # crops the image as above
         keep = latent_keep_mask(keep, latents.shape[-2:]).to(latents.device)
         keys = {"kandinsky_inpaint_latents": latents, "kandinsky_inpaint_keep": keep}
         # The latent-size hole (1 = repaint) makes KSampler's blend the 2.2 pipeline's, dilation included.

@@ -94,6 +94,16 @@ def test_check_size_names_both_sides():
         images.check_size(40, 44, multiple=8)
 
 
+def test_crop_to_multiple_centres_the_crop_as_comfyui_vae_encode():
+    pixels = torch.arange(2 * 3 * 70 * 100, dtype=torch.float32).view(2, 3, 70, 100)
+    cropped = images.crop_to_multiple(pixels, 8)
+    # 70 = 64 + 6 rows: 3 off the top; 100 = 96 + 4 columns: 2 off the left (ComfyUI's offset (size % 8) // 2)
+    torch.testing.assert_close(cropped, pixels[..., 3:67, 2:98], rtol=0, atol=0)
+    assert images.crop_to_multiple(pixels[..., :64, :96], 8).data_ptr() == pixels.data_ptr()  # a view, no copy
+    with pytest.raises(KandinskyError, match="7x70 .*smaller than the 8x8 pixels.*use an image of at least 8"):
+        images.crop_to_multiple(pixels[..., :7], 8)
+
+
 # --- img2img preprocessing ---------------------------------------------------------------------------------------
 
 
