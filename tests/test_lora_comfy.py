@@ -4,11 +4,19 @@ files that do not fit (the server keeps serving, nothing stays applied).
 
 The LoRA files are written by conftest (the example workflow's two) and by this module into the server's models/loras.
 """
+import io
+
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 
-from graphs import Graph
+from graphs import SIZE, Graph
+from kandinsky_core import decoder_pipeline as D
+from kandinsky_core import loading
+from kandinsky_core import prior_pipeline as P
+from kandinsky_core.lora import apply_lora
 from lora_files import DECODER_LORA, PRIOR_LORA, model_shapes, random_lora, write_lora
 
 PEFT = "k22-decoder-peft.safetensors"  # the example decoder LoRA's tensors in the PEFT naming, `unet.` prefixed
@@ -106,6 +114,34 @@ def test_prior_lora_node(comfy, ws, loras, plain):
     assert "Kandinsky2PriorLoader" not in ran and "Kandinsky2PriorLoRA" in ran
     assert (again["weaker"] - out["full"]).abs().max() > 1e-4
     assert torch.equal(again["plain"], plain)
+
+
+def test_served_image_equals_kandinsky_core_with_the_loras_merged(comfy, ws, loras):
+    prompt, seed, steps, guidance, prior_strength, decoder_strength = "a red cat", 5, 3, 4.0, 0.6, 0.8
+    g = Graph()
+    prior = g.add("Kandinsky2PriorLoRA", prior=g.prior("2.2")[0], lora_name=PRIOR_LORA, strength=prior_strength)
+    cond = g.prior_encode(prior, prompt, seed=seed, steps=steps, guidance_scale=guidance)
+    decoder = g.decoder("2.2")
+    model = g.add("LoraLoaderModelOnly", model=decoder[0], lora_name=DECODER_LORA, strength_model=decoder_strength)
+    sampler = g.sampler(model, cond[0], cond[1], g.empty_latent()[0], seed, steps=steps, guidance_scale=guidance)
+    save = g.decode_and_save(decoder[1], sampler[0], "lora_core")
+    prompt_id = comfy.queue(g.prompt)
+    entry = comfy.wait(prompt_id, timeout=300)
+    ws.wait_for(prompt_id, timeout=10)
+    (image,) = entry["outputs"][save.id]["images"]
+    served = np.asarray(Image.open(io.BytesIO(comfy.get_image(image["filename"], image["subfolder"], image["type"]))))
+
+    models, folder = comfy.base_dir / "models" / "kandinsky", comfy.base_dir / "models" / "loras"
+    prior_models = loading.load_prior_models(str(models / "kandinsky-2-2-prior"))
+    apply_lora(prior_models.prior, folder / PRIOR_LORA, prior_strength)
+    positive, negative = P.sample_prior(prior_models, prompt, None, steps=steps, guidance_scale=guidance,
+                                        generator=torch.Generator().manual_seed(seed))
+    decoder_models = loading.load_decoder_models(str(models / "kandinsky-2-2-decoder"))
+    apply_lora(decoder_models.unet, folder / DECODER_LORA, decoder_strength)
+    expected = D.text_to_image(decoder_models, positive, negative, height=SIZE, width=SIZE, steps=steps,
+                               guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+    expected = np.clip(255 * expected[0], 0, 255).astype(np.uint8)  # Save Image's conversion (truncating)
+    assert np.abs(served[..., :3].astype(int) - expected).max() == 0
 
 
 CASES = [  # (decoder loras, prior loras, failing node, words the message must hold)
