@@ -17,7 +17,8 @@ from comfy_server import REPO
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+# One folder per CI run (.ci/run sets TEST_ARTIFACTS), so the runs on different ComfyUI versions keep their own.
+SCREENSHOTS = REPO / os.environ.get("TEST_ARTIFACTS", "test-artifacts") / "screenshots"
 VIEWPORT = {"width": 1600, "height": 1000}
 # A returning user: no template browser on first start, no minimap over the graph.
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
@@ -26,25 +27,45 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 # files (favicons, absent node docs, user data not yet written) are not app errors either.
 OFFLINE_NOISE = ("Content Security Policy", "Error fetching file size", "Failed to load resource")
 
-# Loads a workflow the way File > Open does and records what the missing-nodes and missing-models dialogs were
-# given (the dialogs still open, as for a user).
+# Loads a workflow the way File > Open does and records which missing nodes and missing models the frontend tells
+# the user about (its dialogs and panels still open, as for a user). Frontends up to 1.3x hand both lists to
+# app.showMissing*Error for their dialogs. Newer ones (1.47 pinned by ComfyUI 0.30.0, 1.58) check the model widgets
+# after loading and, once per load (later if files are missing: they fetch download details first), set what the
+# error overlay and the Issues panel show in the `missingModel` store.
 LOAD = """async ([workflow, name]) => {
-  const seen = {nodes: [], models: []};
+  const seen = {nodes: [], models: [], modelsBy: "dialog"};
   const showNodes = app.showMissingNodesError, showModels = app.showMissingModelsError;
+  const stores = document.querySelector("#vue-app")?.__vue_app__?.config.globalProperties.$pinia?._s;
+  const store = showModels ? null : stores?.get("missingModel");
+  const setModels = store?.setMissingModels;
+  let surfaced = null;
   app.showMissingNodesError = function (types) {
     seen.nodes.push(...types.map(t => typeof t === "string" ? t : t.type));
-    return showNodes.apply(this, arguments);
+    return showNodes?.apply(this, arguments);
   };
-  app.showMissingModelsError = function (models) {
-    seen.models.push(...models.map(m => `${m.directory}/${m.name}`));
-    return showModels.apply(this, arguments);
-  };
+  if (showModels) {
+    app.showMissingModelsError = function (models) {
+      seen.models.push(...models.map(m => `${m.directory}/${m.name}`));
+      return showModels.apply(this, arguments);
+    };
+  } else if (store) {
+    seen.modelsBy = "widgets";
+    store.setMissingModels = function (candidates) {
+      surfaced = candidates ?? [];
+      return setModels.apply(this, arguments);
+    };
+  }
   try {
     await app.loadGraphData(workflow, true, true, name);
+    for (const deadline = Date.now() + 15000; store && surfaced === null && Date.now() < deadline;) {
+      await new Promise(resolve => setTimeout(resolve, 50));
+    }
   } finally {
     app.showMissingNodesError = showNodes;
-    app.showMissingModelsError = showModels;
+    if (showModels) app.showMissingModelsError = showModels;
+    if (store) store.setMissingModels = setModels;
   }
+  seen.models.push(...(surfaced ?? []).filter(m => m.isMissing).map(m => `${m.directory}/${m.name}`));
   return seen;
 }"""
 
@@ -120,7 +141,9 @@ class Frontend:
         self.errors.clear()  # startup noise of the bare test server (no user workflows, no templates) is not ours
 
     def load(self, workflow, name):
-        """Open a UI-format workflow; returns what the missing-nodes / missing-models dialogs were given."""
+        """Open a UI-format workflow; returns what the frontend lists as missing nodes and missing models, and
+        `modelsBy`: "dialog" (the workflow's `models` entries it does not find) or "widgets" (newer frontends: only
+        model widgets whose value is a model file name that the server does not offer)."""
         return self.page.evaluate(LOAD, [workflow, name])
 
     def widget_errors(self, workflow):

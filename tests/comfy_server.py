@@ -18,7 +18,11 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The ComfyUI a test session runs against (one session = one version): its tree, the interpreter of its virtualenv
+# (servers only; the tests themselves stay in this process) and optionally a frontend other than the one it pins.
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", REPO / ".comfyui" / "ComfyUI"))
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+COMFYUI_FRONTEND = os.environ.get("COMFYUI_FRONTEND") or None
 
 # Websocket message types that end a prompt's execution.
 TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
@@ -50,8 +54,11 @@ def _die_with_parent():
 class ComfyServer:
     """One ComfyUI process on a free local port, with its own base directory (models, input, output, log)."""
 
-    def __init__(self, base_dir=None, pack_dir=None, pack_name=None, comfyui_dir=COMFYUI_DIR, extra_args=(), env=None):
+    def __init__(self, base_dir=None, pack_dir=None, pack_name=None, comfyui_dir=COMFYUI_DIR, extra_args=(), env=None,
+                 python=COMFYUI_PYTHON, frontend=COMFYUI_FRONTEND):
         self.comfyui_dir = Path(comfyui_dir)
+        self.python = python
+        self.frontend = Path(frontend) if frontend else None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="comfyui-"))
         self.pack_dir = Path(pack_dir) if pack_dir else None
         self.pack_name = pack_name or (self.pack_dir.name if self.pack_dir else None)
@@ -70,7 +77,7 @@ class ComfyServer:
     def command(self):
         """The ComfyUI command line: CPU only, offline, nothing loaded but core nodes and the given pack."""
         cmd = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
             # The default database lives inside the ComfyUI tree; keep every write under the base directory.
             "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
@@ -78,6 +85,8 @@ class ComfyServer:
         ]
         if self.pack_name:
             cmd += ["--whitelist-custom-nodes", self.pack_name]
+        if self.frontend:
+            cmd += ["--front-end-root", str(self.frontend)]
         return cmd + self.extra_args
 
     def _prepare_base_dir(self):
@@ -89,11 +98,14 @@ class ComfyServer:
                 link.unlink()
             link.symlink_to(self.pack_dir.resolve(), target_is_directory=True)
 
-    def start(self, timeout=120):
+    def start(self, timeout=300):
         """Launch the server and block until GET /system_stats answers; raise with the log tail if it does not."""
         if not (self.comfyui_dir / "main.py").is_file():
             hint = "run tools/install_comfyui.sh, or set COMFYUI_DIR"
             raise FileNotFoundError(f"no ComfyUI in {self.comfyui_dir}: {hint}")
+        if self.frontend and not (self.frontend / "index.html").is_file():
+            hint = "run tools/install_comfyui030.sh, or set COMFYUI_FRONTEND"
+            raise FileNotFoundError(f"no frontend in {self.frontend}: {hint}")
         self._prepare_base_dir()
         self.port = _free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", **self.env}
@@ -141,7 +153,7 @@ class ComfyServer:
             return "(no server log)"
         return "----- ComfyUI log tail -----\n" + "\n".join(text.splitlines()[-lines:])
 
-    def _request(self, method, path, body=None, timeout=30):
+    def _request(self, method, path, body=None, timeout=120):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:

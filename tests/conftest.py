@@ -5,9 +5,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import COMFYUI_DIR, REPO, ComfyServer
+from comfy_server import COMFYUI_DIR, COMFYUI_FRONTEND, COMFYUI_PYTHON, REPO, ComfyServer
 from graphs import DEPTH_MODEL, INPAINT_IMAGE, INPUT_IMAGE, SINGLE_UNET, SIZE
 from lora_files import write_example_loras
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: drives a real ComfyUI server (uses the `comfy` fixture); "
+                            "CI runs these once per ComfyUI version")
+    config.addinivalue_line("markers", "browser: drives the ComfyUI frontend in Chromium (uses the `browser` fixture); "
+                            "CI runs these once more with the newest frontend")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test by the fixtures it uses, so that `-m comfyui` / `-m "not comfyui"` split the suite, whichever
+    file a test is in."""
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        if "comfy" in used:
+            item.add_marker(pytest.mark.comfyui)
+        if "browser" in used:
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_report_header():
+    frontend = COMFYUI_FRONTEND or "the one it pins"
+    return f"ComfyUI: {COMFYUI_DIR} (server python {COMFYUI_PYTHON}; frontend {frontend})"
 
 
 def write_models(root):

@@ -8,8 +8,9 @@ server must keep serving, and the reference workflow must give the same image af
 NaN reaches nodes through float widgets (ComfyUI's range check lets NaN through) and core nodes given NaN (SolidMask,
 Latent Multiply). Infinite tensors, empty images and empty batches cannot be made with core nodes (a 0-row latent can,
 with Trim Video Latent); test_properties.py covers them on the core functions the nodes call.
-Note: ComfyUI 0.3.75 checks neither V3 combo values against their options nor, for NaN, number ranges, so the pack's
-own checks answer those.
+A bad combo value (a path outside the model folders, an unknown sampler) is refused either way, naming the node and
+the input: ComfyUI 0.30.0 checks V3 combo values against their options itself (HTTP 400 value_not_in_list), 0.3.75
+does not, so there the pack's own check answers. No version checks NaN against number ranges: the pack answers those.
 """
 import io
 import json
@@ -230,23 +231,43 @@ PE, IE, E2E, INT, IB = ("Kandinsky2PriorEncode", "Kandinsky2ImageEmbedding", "Ka
 ENC, DEC, IC, DE, S = ("Kandinsky2MoVQEncode", "Kandinsky2MoVQDecode", "Kandinsky2InpaintConditioning",
                        "Kandinsky2DepthEstimate", "Kandinsky2DecoderSampler")
 VALIDATION, WORKS = "validation", "works"
+
+
+class Refused:
+    """A bad value of `node`'s input `name`, refused by ComfyUI's validation or by the node (whichever checks first)."""
+
+    def __init__(self, node, name):
+        self.node, self.name = node, name
+
+    def check(self, prompt, result):
+        """The refusal names the node and the input (or quotes its value, which is how the pack's messages say it)."""
+        if result[0] == "validation":
+            assert {prompt[i]["class_type"] for i in result[1]} == {self.node}, result
+            assert f'"{self.name}' in result[2] and '"class_type": "' + self.node in result[2], result
+            return
+        assert result[0] == "error" and result[1] == self.node, result
+        value = next(n["inputs"][self.name] for n in prompt.values() if n["class_type"] == self.node)
+        assert self.name in result[3] or str(value) in result[3], result
+        assert any(w in result[3].lower() for w in FIX_WORDS), result[3]
+
 # A clear message says what to do: one of these words must appear in it.
 FIX_WORDS = ("use ", "connect", "add ", "pick", "download", "copy", "put ", "give", "load", "crop", "resize", "needs",
              "check", "remove", "convert", "leave", "raise", "choose", "pass ", "instead", "must be")
 
-# (case id, what must happen: VALIDATION, WORKS or the node that raises KandinskyError, workflow builder)
+# (case id, what must happen: VALIDATION, WORKS, Refused(node, input) or the node that raises KandinskyError, workflow
+# builder)
 CASES = [
     # loaders: paths, wrong types, broken checkpoints
-    ("prior-path-escape", P, load(P, "prior", "../../etc/passwd")),
-    ("prior-int-widget", P, load(P, "prior", 7)),
+    ("prior-path-escape", Refused(P, "prior"), load(P, "prior", "../../etc/passwd")),
+    ("prior-int-widget", Refused(P, "prior"), load(P, "prior", 7)),
     ("prior-corrupt", P, load(P, "prior", "hostile/prior-corrupt/")),
     ("prior-truncated", P, load(P, "prior", "hostile/prior-truncated/")),
     ("prior-empty", P, load(P, "prior", "hostile/prior-empty/")),
     ("prior-no-tokenizer", P, load(P, "prior", "hostile/prior-no-tokenizer/")),
     ("prior-wrong-config", P, load(P, "prior", "hostile/prior-wrong-config/")),
     ("prior-pickle", P, load(P, "prior", "hostile/prior-pickle/")),
-    ("decoder-path-escape", D, load(D, "decoder", "../../../etc/passwd")),
-    ("decoder-absolute-path", D, load(D, "decoder", "/etc/passwd")),
+    ("decoder-path-escape", Refused(D, "decoder"), load(D, "decoder", "../../../etc/passwd")),
+    ("decoder-absolute-path", Refused(D, "decoder"), load(D, "decoder", "/etc/passwd")),
     ("decoder-corrupt", D, load(D, "decoder", "hostile/decoder-corrupt/")),
     ("decoder-truncated", D, load(D, "decoder", "hostile/decoder-truncated/")),
     ("decoder-empty", D, load(D, "decoder", "hostile/decoder-empty/")),
@@ -261,7 +282,7 @@ CASES = [
     ("movq-given-unet", M, load(M, "movq", SINGLE_UNET)),
     ("movq-truncated", M, load(M, "movq", "hostile/decoder-truncated-movq/")),
     ("movq-pickle-bomb", M, load(M, "movq", "hostile/pickle-bomb.ckpt")),
-    ("depth-path-escape", DL, load(DL, "depth_model", "../depth/dpt-tiny/")),
+    ("depth-path-escape", Refused(DL, "depth_model"), load(DL, "depth_model", "../depth/dpt-tiny/")),
     ("depth-corrupt", DL, load(DL, "depth_model", "hostile/depth-corrupt/")),
     ("depth-no-processor", DL, load(DL, "depth_model", "hostile/depth-no-processor/")),
     # prior nodes
@@ -290,7 +311,8 @@ CASES = [
     ("interpolate-21-embedding-in-22", INT,
      lambda g: interpolate(g, weight_1=1.0, embedding_1=cond22(g, "2.1")[0])),
     ("interpolate-batch-frames-1", VALIDATION, lambda g: interpolate_batch(g, cond22(g)[0], cond22(g)[0], frames=1)),
-    ("interpolate-batch-mode", IB, lambda g: interpolate_batch(g, cond22(g)[0], cond22(g)[0], mode="cubic")),
+    ("interpolate-batch-mode", Refused(IB, "mode"),
+     lambda g: interpolate_batch(g, cond22(g)[0], cond22(g)[0], mode="cubic")),
     ("interpolate-batch-batch-2", IB, lambda g: interpolate_batch(g, cond22(g, batch_size=2)[0], cond22(g)[0])),
     ("interpolate-batch-versions", IB, lambda g: interpolate_batch(g, cond22(g)[0], cond22(g, "2.1")[0])),
     ("interpolate-batch-combined", IB, lambda g: interpolate_batch(g, combine_cond(g)[0], cond22(g)[0])),
@@ -345,7 +367,7 @@ CASES = [
     ("sampler-denoise-nan", S, lambda g: preview(g, sample(g, denoise=NAN)[1][0])),
     ("sampler-nan-latent-img2img", S, lambda g: preview(g, sample(g, latent=nan_latent(g), denoise=0.5)[1][0])),
     ("sampler-steps-0", VALIDATION, lambda g: preview(g, sample(g, steps=0)[1][0])),
-    ("sampler-unknown-sampler", S, lambda g: preview(g, sample(g, sampler="euler")[1][0])),
+    ("sampler-unknown-sampler", Refused(S, "sampler"), lambda g: preview(g, sample(g, sampler="euler")[1][0])),
     ("sampler-prior-as-model", VALIDATION,
      lambda g: preview(g, g.add(S, model=g.prior()[0], positive=cond22(g)[0], negative=cond22(g)[1],
                                 latent_image=g.empty_latent()[0], seed=0, steps=2, guidance_scale=4.0,
@@ -416,7 +438,9 @@ def test_bad_input_gets_clear_error(hostile, reference, case, expected, build):
         record(case, "crash", f"{result[1]}: {result[2]}: {result[3]}")
         pytest.fail(f"{case}: {result[1]} crashed with {result[2]}: {result[3]}")
     record(case, "worked" if result[0] == "success" else "clear error")
-    if expected == VALIDATION:
+    if isinstance(expected, Refused):
+        expected.check(g.prompt, result)
+    elif expected == VALIDATION:
         assert result[0] == "validation" and result[1], result
         assert "prior-pickle" not in case or not (hostile.base_dir / "input" / MARKER).exists()
     elif expected == WORKS:

@@ -4,7 +4,7 @@
     python tools/demo.py --models ~/ComfyUI/models/kandinsky --out cat.png
 
 The workflow is an API-format prompt (default: tools/demo_text_to_image.json). ComfyUI comes from COMFYUI_DIR or
-`.comfyui/ComfyUI` (install it with tools/install_comfyui.sh).
+`.comfyui/ComfyUI`; on a fresh clone, `bash tools/quickstart.sh` installs it and everything else, then runs this.
 """
 import argparse
 import json
@@ -86,7 +86,7 @@ def main():
         image = next(img for out in entry["outputs"].values() for img in out.get("images", []))
         with open(args.out, "wb") as f:
             f.write(server.get_image(image["filename"], image["subfolder"], image["type"]))
-    print(f"saved {args.out}")
+    print(f"saved {os.path.abspath(args.out)}")
 
 
 if __name__ == "__main__":
