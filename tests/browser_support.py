@@ -137,7 +137,7 @@ class Frontend:
         self.page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
         self.page.goto(self.server.url)
         self.page.wait_for_function("window.app?.graph && Object.keys(LiteGraph.registered_node_types).length > 0",
-                                    timeout=60_000)
+                                    timeout=180_000)
         self.errors.clear()  # startup noise of the bare test server (no user workflows, no templates) is not ours
 
     def load(self, workflow, name):
@@ -171,7 +171,7 @@ class Frontend:
         prompt_id = self.page.evaluate(QUEUE)
         return prompt_id, self.server.wait(prompt_id, timeout=timeout)
 
-    def wait_for_images(self, node_ids, timeout=30):
+    def wait_for_images(self, node_ids, timeout=120):
         """Wait until each node shows its loaded output image(s)."""
         self.page.wait_for_function(IMAGES_SHOWN, arg=[int(i) for i in node_ids], timeout=timeout * 1000)
 
