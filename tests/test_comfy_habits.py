@@ -120,3 +120,14 @@ def test_example_workflows_name_only_files_the_missing_models_dialog_accepts(pat
     assert models, "each example lists the checkpoints it needs"
     bad = [m["name"] for m in models if not m["name"].endswith((".safetensors", ".sft"))]
     assert not bad, f"ComfyUI's missing-models dialog only allows .safetensors and .sft: {bad}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_checkpoints_left_out_of_models_are_explained_in_a_note(path):
+    workflow = json.loads(path.read_text())
+    chosen = {n["widgets_values"][0] for n in workflow["nodes"]
+              if n["type"].startswith("Kandinsky2") and n["type"].endswith("Loader")}
+    notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
+    for folder in chosen:
+        if not any(m["name"].startswith(folder) for m in workflow["models"]):  # published only as .bin
+            assert f"models/kandinsky/{folder}" in notes and ".bin" in notes, f"the note must say where {folder} goes"
