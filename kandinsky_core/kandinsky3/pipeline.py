@@ -148,7 +148,7 @@ def sample_image_to_image(models, positive, negative, init, *, strength=0.3, ste
     _check_conditioning(positive, negative, guidance_scale)
     scheduler = scheduler or models.scheduler
     timesteps = _timesteps(scheduler, steps, strength)
-    images.check_finite(init, "The latent image")
+    init = images.check_finite(init, "The latent image").to(*_device_dtype(models.unet))
     noise = randn(init.shape, generator, init.device, init.dtype)
     latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     return denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator, callback)
