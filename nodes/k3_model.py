@@ -78,6 +78,19 @@ class Kandinsky3(comfy.model_base.BaseModel):
         return {"c_crossattn": comfy.conds.CONDRegular(hidden), "kandinsky3_mask": comfy.conds.CONDRegular(mask)}
 
 
+def without_weightless_casts(ops):
+    """`ops` whose GroupNorm also runs without affine parameters: ComfyUI's casting layers (fp8, manual cast) assume a
+    weight, and the UNet's time-conditioned norms have none."""
+
+    class GroupNorm(ops.GroupNorm):
+        def forward(self, x):
+            if self.weight is None:
+                return torch.nn.functional.group_norm(x, self.num_groups, None, None, self.eps)
+            return super().forward(x)
+
+    return type(f"{ops.__name__}WithPlainGroupNorm", (ops,), {"GroupNorm": GroupNorm})
+
+
 def check_conditioning(hidden, extra, width, node):
     """(hidden states, float mask) of one Kandinsky 3 conditioning entry, or a KandinskyError saying what to connect."""
     where = f"The Kandinsky 3 model (in {node})"
@@ -126,7 +139,7 @@ def load_unet(folder, weight_dtype="default"):
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
     model_config = Kandinsky3ModelConfig(Kandinsky3ModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
-    ops = comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
+    ops = without_weightless_casts(comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device))
     unet = loading.load_weights(UNet(config, operations=ops, dtype=dtype, device="meta"), weights, dtype=dtype, device=offload)
     scheduler = None
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):

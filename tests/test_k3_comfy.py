@@ -150,3 +150,128 @@ def test_sampler_seeds_and_image_to_image_depends_on_the_image(comfy, ws):
     (first,) = check_seeds(comfy, entry, messages, variants)
     (from_inverted,) = check_images(saved(comfy, entry, other), 1)
     assert np.abs(first.astype(int) - from_inverted).mean() > 1
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "bf16"])
+def test_weight_dtypes_give_nearly_the_same_image(comfy, ws, weight_dtype):
+    g = K3Graph()
+    images = []
+    for dtype in ("default", weight_dtype):
+        model, clip, movq = g.k3(weight_dtype=dtype)
+        images.append(g.decode_and_save(movq, g.k3_sampler(model, g.encode(clip), g.empty_latent()[0], 3)[0],
+                                        f"k3_{dtype}"))
+    entry, _ = run(comfy, ws, g)
+    default, stored = (check_images(saved(comfy, entry, save), 1)[0].astype(int) for save in images)
+    # Same model, weights rounded to 3-8 significant bits: close, not equal (equal would mean the choice is ignored).
+    assert 0 < np.abs(default - stored).mean() < 40, np.abs(default - stored).mean()
+
+
+# --- bad wiring ----------------------------------------------------------------------------------------------------
+
+
+def k3_graph(conditioning="k3", model="k3", sampler="Kandinsky3Sampler", clip_folder=K3):
+    """A Kandinsky 3 text-to-image whose model, conditioning or text encoder may be the wrong one."""
+    g = K3Graph()
+    unet, clip, movq = g.k3()
+    if clip_folder != K3:
+        clip = g.add("Kandinsky3T5Loader", text_encoder=clip_folder, weight_dtype="default")[0]
+    if model == "2.2":
+        unet = g.decoder("2.2")[0]
+    if conditioning == "2.2":
+        positive = g.prior_encode(g.prior("2.2"))[0]
+    elif conditioning == "concat":
+        positive = g.add("ConditioningConcat", conditioning_to=g.encode(clip), conditioning_from=g.encode(clip, "x"))[0]
+    else:
+        positive = g.encode(clip)
+    latent = g.empty_latent()[0]
+    if sampler == "KSampler":
+        out = g.ksampler(unet, positive, g.encode(clip, ""), latent, steps=2)
+    else:
+        out = g.k3_sampler(unet, positive, latent, steps=2)
+    g.decode_and_save(movq, out[0], "k3_wiring")
+    return g
+
+
+def k3_into_22(sampler):
+    """Kandinsky 3 conditioning (CLIP Text Encode) into the 2.2 decoder."""
+    g = K3Graph()
+    _, clip, _ = g.k3()
+    decoder, positive = g.decoder("2.2"), g.encode(clip)
+    if sampler == "KSampler":
+        out = g.ksampler(decoder[0], positive, positive, g.empty_latent()[0], steps=2)
+    else:
+        out = g.sampler(decoder, positive, positive, g.empty_latent()[0])
+    g.decode_and_save(decoder[1], out[0], "k3_into_22")
+    return g
+
+
+@pytest.mark.parametrize("bad, node_type, words", [
+    pytest.param(k3_graph("2.2"), "Kandinsky3Sampler", ["Kandinsky 2.x", "CLIP Text Encode", "Kandinsky 3 T5 Loader"],
+                 id="22_prior_into_k3_sampler"),
+    pytest.param(k3_graph("2.2", sampler="KSampler"), "KSampler", ["Kandinsky 2.x", "CLIP Text Encode"],
+                 id="22_prior_into_k3_with_ksampler"),
+    pytest.param(k3_graph(model="2.2"), "Kandinsky3Sampler", ["Kandinsky 3 UNet Loader"], id="22_model_into_k3_sampler"),
+    pytest.param(k3_graph(clip_folder=K3_OTHER_T5), "Kandinsky3Sampler", ["32-wide", "48-wide", "same kandinsky-3"],
+                 id="t5_of_another_width"),
+    pytest.param(k3_graph(clip_folder=K3_OTHER_T5, sampler="KSampler"), "KSampler", ["32-wide", "48-wide"],
+                 id="t5_of_another_width_with_ksampler"),
+    pytest.param(k3_graph("concat", sampler="KSampler"), "KSampler", ["attention mask", "ConditioningConcat"],
+                 id="concatenated_conditioning"),
+    pytest.param(k3_into_22("Kandinsky2DecoderSampler"), "Kandinsky2DecoderSampler", ["Prior Encode"],
+                 id="k3_conditioning_into_22_decoder"),
+    pytest.param(k3_into_22("KSampler"), "KSampler", ["Prior Encode"], id="k3_conditioning_into_22_with_ksampler"),
+])
+def test_bad_wiring_fails_clearly(comfy, ws, bad, node_type, words):
+    error = fail(comfy, ws, bad)
+    assert error["node_type"] == node_type
+    assert error["exception_type"].endswith("KandinskyError"), error["exception_type"]
+    for word in words:
+        assert word in error["exception_message"], error["exception_message"]
+
+
+def test_server_keeps_serving_after_bad_wiring(comfy, ws):
+    run(comfy, ws, k3_graph())
+
+
+# --- ComfyUI's objects, in this process ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """The pack's node modules, imported with ComfyUI (CPU) from the tree the server runs."""
+    sys.path.insert(0, str(COMFYUI_DIR))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    spec = importlib.util.spec_from_file_location("kandinsky_pack", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kandinsky_pack"] = module
+    spec.loader.exec_module(module)
+    from kandinsky_pack.nodes import k3_model
+
+    return k3_model
+
+
+def test_model_sampling_is_diffusers_cosine_schedule(pack, comfy):
+    diffusers = pytest.importorskip("diffusers")
+    theirs = diffusers.DDPMScheduler.from_config({k: v for k, v in S.KANDINSKY_3_DDPM.items() if k != "_class_name"})
+    patcher = pack.load_unet(str(comfy.base_dir / "models" / "kandinsky" / K3))
+    sampling = patcher.model.model_sampling
+    abar = theirs.alphas_cumprod
+    assert torch.equal(sampling.sigmas, ((1 - abar) / abar) ** 0.5)
+    # ComfyUI's sigma → timestep is the inverse: every training timestep maps back to itself.
+    assert torch.allclose(sampling.timestep(sampling.sigmas).float(), torch.arange(1000).float(), atol=1e-3)
+
+
+@pytest.mark.parametrize("shape, extra, words", [
+    ((1, 77, 768), {"pooled_output": None}, ["768-wide", "another text encoder", "Kandinsky 3 T5 Loader"]),
+    ((1, 256, 4096), {"attention_mask": torch.ones(1, 256)}, ["4096-wide", "Stable Diffusion/Flux"]),
+    ((1, 1, 1280), {"kandinsky_prompt": "a cat"}, ["Kandinsky 2.x", "1280-dim"]),
+], ids=["sd_clip", "flux_t5", "22_prior"])
+def test_foreign_conditioning_is_named(pack, shape, extra, words):
+    with pytest.raises(Exception) as error:  # the pack's own KandinskyError class (imported under the pack's name)
+        pack.check_conditioning(torch.zeros(shape), extra, 4096, "KSampler")
+    assert type(error.value).__name__ == "KandinskyError"
+    for word in words:
+        assert word in str(error.value), str(error.value)
