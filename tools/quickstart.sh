@@ -35,9 +35,16 @@ fi
 . .venv/bin/activate
 
 step "torch"
-# The CPU build of torch 2.13.0 where pip's local wheel folders carry it; anywhere else, pip's choice for this machine.
+# The CPU build of torch 2.13.0 where pip's local wheel folders (find-links) carry it; anywhere else, pip's choice for
+# this machine. Only torch itself is looked up offline: its dependencies come from the index either way.
 if ! python -c 'import torch' 2>/dev/null; then
-    pip install -q --no-index torch==2.13.0 2>/dev/null || pip install -q torch
+    local_wheel=$(mktemp -d)
+    if pip download -q --no-index --no-deps -d "$local_wheel" torch==2.13.0 2>/dev/null; then
+        pip install -q torch==2.13.0
+    else
+        pip install -q torch
+    fi
+    rm -rf "$local_wheel"
 fi
 
 step "ComfyUI 0.3.75 (.comfyui/ComfyUI) and this pack"
