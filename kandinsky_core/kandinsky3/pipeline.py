@@ -75,6 +75,7 @@ def _repeat(pair, n):
     return tuple(t.repeat_interleave(n, dim=0) for t in pair)
 
 
+@torch.no_grad()
 def encode_prompt(models, prompt, negative_prompt=None, *, num_images_per_prompt=1, guidance_scale=3.0):
     """(positive, negative) conditioning pairs, num_images_per_prompt rows per prompt; negative is None when
     guidance_scale ≤ 1, all zeros and fully masked when negative_prompt is None ("" encodes the empty prompt)."""
