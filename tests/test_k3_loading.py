@@ -142,3 +142,10 @@ def test_command_line_refuses_a_kandinsky2_folder_as_kandinsky3(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kandinsky_core", "--kandinsky3", folder], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Kandinsky 2 loaders" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bf16_run_stays_close_to_fp32(k3):
+    models = loading.load_kandinsky3(k3, dtype=torch.bfloat16)
+    assert {p.dtype for m in (models.unet, models.movq) for p in m.parameters()} == {torch.bfloat16}
+    difference = np.abs(t2i(models) - t2i(loading.load_kandinsky3(k3, dtype=torch.float32)))
+    assert difference.mean() < 0.02 and difference.max() < 0.2  # bf16 keeps 8 bits of mantissa
