@@ -18,13 +18,15 @@ EXAMPLES = REPO / "example_workflows"
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
 VIRTUAL = {"MarkdownNote", "Note"}  # frontend-only nodes, never part of a prompt
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP"}
-LOADER_WIDGETS = {"Kandinsky2PriorLoader", "Kandinsky2DecoderLoader", "Kandinsky2MoVQLoader", "Kandinsky2DepthModelLoader"}
+LOADER_WIDGETS = {"Kandinsky2PriorLoader", "Kandinsky2DecoderLoader", "Kandinsky2MoVQLoader", "Kandinsky2DepthModelLoader",
+                  "Kandinsky3UNetLoader", "Kandinsky3T5Loader"}
 # The examples use real sizes and step counts. On two CPU cores the tiny test checkpoints must run in seconds, so the
 # test lowers them through the frontend, as a user editing the widgets would, before queueing (4 decoder steps: the
 # image-to-image examples need denoise x steps >= 1).
 FAST = [("EmptyLatentImage", "width", SIZE), ("EmptyLatentImage", "height", SIZE), ("ImageScale", "width", SIZE),
         ("ImageScale", "height", SIZE), ("Kandinsky2PriorEncode", "steps", 2), ("Kandinsky2Interpolate", "steps", 2),
         ("Kandinsky2Emb2Emb", "steps", 4), ("Kandinsky2DecoderSampler", "steps", 4), ("KSampler", "steps", 2),
+        ("Kandinsky3Sampler", "steps", 4),
         ("Kandinsky2DepthModelLoader", "depth_model", DEPTH_MODEL)]
 
 
@@ -62,12 +64,13 @@ def test_there_is_an_example_for_every_use():
     assert names == {"kandinsky21_text_to_image", "kandinsky22_text_to_image", "kandinsky22_image_to_image",
                      "kandinsky22_inpainting", "kandinsky22_image_mixing", "kandinsky22_interpolation_animation",
                      "kandinsky22_emb2emb", "kandinsky22_depth_text_to_image", "kandinsky22_depth_image_to_image",
-                     "kandinsky22_ksampler", "kandinsky22_lora"}
+                     "kandinsky22_ksampler", "kandinsky22_lora", "kandinsky3_text_to_image",
+                     "kandinsky3_image_to_image", "kandinsky3_ksampler"}
 
 
 def test_every_node_has_help_served_to_the_frontend(comfy):
     ours = {name: info for name, info in comfy.object_info().items() if info["python_module"].startswith("custom_nodes.")}
-    assert len(ours) == 16
+    assert len(ours) == 19
     for name, info in ours.items():  # the URL the frontend's node help panel fetches for a custom node
         text = urllib.request.urlopen(f"{comfy.url}/extensions/comfyui-kandinsky2/docs/{name}.md").read().decode()
         assert text.startswith(f"# {info['display_name']}\n"), name

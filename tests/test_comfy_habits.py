@@ -126,7 +126,7 @@ def test_example_workflows_name_only_files_the_missing_models_dialog_accepts(pat
 def test_checkpoints_left_out_of_models_are_explained_in_a_note(path):
     workflow = json.loads(path.read_text())
     chosen = {n["widgets_values"][0] for n in workflow["nodes"]
-              if n["type"].startswith("Kandinsky2") and n["type"].endswith("Loader")}
+              if n["type"].startswith(("Kandinsky2", "Kandinsky3")) and n["type"].endswith("Loader")}
     notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
     for folder in chosen:
         if not any(m["name"].startswith(folder) for m in workflow["models"]):  # published only as .bin

@@ -166,6 +166,27 @@ def test_weight_dtypes_give_nearly_the_same_image(comfy, ws, weight_dtype):
     assert 0 < np.abs(default - stored).mean() < 40, np.abs(default - stored).mean()
 
 
+# --- node definitions ------------------------------------------------------------------------------------------
+
+
+def test_nodes_are_documented_and_list_the_kandinsky3_folders(comfy):
+    info = comfy.object_info()
+    assert NODES <= set(info)
+    for name in NODES:
+        node = info[name]
+        assert node["display_name"].startswith("Kandinsky 3 ") and node["category"].startswith("Kandinsky 3")
+        assert node["description"].strip(), name
+        inputs = {**node["input"]["required"], **node["input"].get("optional", {})}
+        assert all(spec[1:] and spec[1].get("tooltip", "").strip() for spec in inputs.values()), name
+        assert len(node["output_tooltips"]) == len(node["output"]) and all(node["output_tooltips"]), name
+    for loader, key in (("Kandinsky3UNetLoader", "unet"), ("Kandinsky3T5Loader", "text_encoder")):
+        assert set(info[loader]["input"]["required"][key][1]["options"]) == {K3, K3_OTHER_T5}
+    assert "4.0" in info["Kandinsky3Sampler"]["input"]["required"]["cfg"][1]["tooltip"]  # cfg = guidance + 1, said
+    # A kandinsky-3 folder is no 2.x decoder, but its MoVQ is the pack's MoVQ Loader's to load.
+    assert K3 not in info["Kandinsky2DecoderLoader"]["input"]["required"]["decoder"][1]["options"]
+    assert K3 in info["Kandinsky2MoVQLoader"]["input"]["required"]["movq"][1]["options"]
+
+
 # --- bad wiring ----------------------------------------------------------------------------------------------------
 
 
