@@ -18,6 +18,7 @@ from comfy_server import COMFYUI_DIR, REPO
 from graphs import SIZE, Graph
 from hostile_summary import record
 from test_hostile import cond22, run_reference, sample
+from test_k3_comfy import K3Graph
 
 pytest_plugins = ["hostile_summary"]
 
@@ -95,14 +96,44 @@ def test_cancel_at_random_steps(comfy, baseline):
     check_memory(comfy, "memory after 20 cancels", rss_before, vram_before)
 
 
+def k3_text_to_image(g, seed, steps=2, sampler="Kandinsky3Sampler"):
+    """Kandinsky 3 text-to-image (its own sampler or KSampler) into Preview Image; returns the sampler node."""
+    model, clip, movq = g.k3()
+    positive, latent = g.encode(clip, f"a cat number {seed}"), g.empty_latent()[0]
+    if sampler == "KSampler":
+        node = g.ksampler(model, positive, g.encode(clip, ""), latent, seed, steps)
+    else:
+        node = g.k3_sampler(model, positive, latent, seed, steps)
+    g.add("PreviewImage", images=g.decode(movq, node[0])[0])
+    return node
+
+
+def test_cancel_kandinsky3_at_random_steps(comfy, baseline):
+    reference, rss_before, vram_before = baseline
+    rng = random.Random(1)
+    with comfy.listen() as ws:
+        for run in range(6):
+            g = K3Graph()
+            node = k3_text_to_image(g, run, steps=150, sampler="KSampler" if run % 2 else "Kandinsky3Sampler")
+            step = rng.randint(1, 15)
+            end = cancel_at(comfy, ws, g.prompt, node.id, step)
+            assert end == "execution_interrupted", end
+            record(f"Kandinsky 3 cancel run {run} at step {step}", "worked")
+            assert comfy.process.poll() is None
+    image, _ = run_reference(comfy, "faults_after_k3_cancel")
+    np.testing.assert_array_equal(image, reference)
+    check_memory(comfy, "memory after 6 Kandinsky 3 cancels", rss_before, vram_before)
+
+
 def test_50_prompts_flat_memory(comfy, baseline):
     _, _, vram_before = baseline
     samples = []
     for i in range(50):
-        g = Graph()
+        g = K3Graph()
         cond = g.prior_encode(g.prior(), seed=i)
         model, latents = sample(g, cond=cond, seed=i)
         g.add("PreviewImage", images=g.decode(model[1], latents[0])[0])
+        k3_text_to_image(g, seed=i)  # and Kandinsky 3, in the same prompt
         entry = comfy.wait(comfy.queue(g.prompt), timeout=120)
         assert entry["status"]["status_str"] == "success", entry["status"]
         samples.append(comfy.rss())

@@ -25,6 +25,7 @@ from PIL import Image
 from comfy_server import PromptError
 from graphs import DECODERS, INPAINT_IMAGE, PRIORS, SINGLE_UNET, SIZE, Graph, interpolate_slots
 from hostile_summary import record
+from k3_files import FP16, K3
 
 pytest_plugins = ["hostile_summary"]
 
@@ -86,6 +87,12 @@ def write_hostile_files(root, marker):
     _damage(root / HOSTILE / "depth-corrupt" / "model.safetensors", "corrupt")
     shutil.copytree(depth, root / HOSTILE / "depth-no-processor")
     (root / HOSTILE / "depth-no-processor" / "preprocessor_config.json").unlink()
+    k3 = K3.rstrip("/")
+    _damage(_copy(root, k3, "k3-unet-corrupt") / "unet" / FP16, "corrupt")
+    _damage(_copy(root, k3, "k3-unet-truncated") / "unet" / FP16, "truncated")
+    _damage(_copy(root, k3, "k3-t5-corrupt") / "text_encoder" / "model.fp16-00001-of-00002.safetensors", "corrupt")
+    (_copy(root, k3, "k3-t5-missing-shard") / "text_encoder" / "model.fp16-00002-of-00002.safetensors").unlink()
+    _copy(root, k3, "k3-no-tokenizer", drop=["tokenizer"])
 
 
 def write_sd_checkpoint(path):
@@ -225,12 +232,33 @@ def foreign_cond(make):
     return build
 
 
+def k3_load(node, widget, value, weight_dtype="default"):
+    return lambda g: preview(g, g.add(node, **{widget: value}, weight_dtype=weight_dtype)[0])
+
+
+def k3_sample(g, cond=None, latent=None, **kw):
+    """Kandinsky 3 Sampler on the tiny kandinsky-3 folder; `cond` defaults to CLIP Text Encode of "a cat"."""
+    model = g.add("Kandinsky3UNetLoader", unet=K3, weight_dtype="default")[0]
+    clip = g.add("Kandinsky3T5Loader", text_encoder=K3, weight_dtype="default")[0]
+    cond = cond or g.add("CLIPTextEncode", clip=clip, text=kw.pop("text", "a cat"))[0]
+    inputs = {**dict(seed=0, steps=2, cfg=4.0, sampler="checkpoint", denoise=1.0), **kw}
+    return preview(g, g.add("Kandinsky3Sampler", model=model, positive=cond, latent_image=latent or g.empty_latent()[0],
+                            **inputs)[0])
+
+
+def k3_combined(g):
+    clip = g.add("Kandinsky3T5Loader", text_encoder=K3, weight_dtype="default")[0]
+    a, b = (g.add("CLIPTextEncode", clip=clip, text=t)[0] for t in ("a cat", "a dog"))
+    return g.add("ConditioningCombine", conditioning_1=a, conditioning_2=b)[0]
+
+
 P, D, M, DL = "Kandinsky2PriorLoader", "Kandinsky2DecoderLoader", "Kandinsky2MoVQLoader", "Kandinsky2DepthModelLoader"
 PE, IE, E2E, INT, IB = ("Kandinsky2PriorEncode", "Kandinsky2ImageEmbedding", "Kandinsky2Emb2Emb", "Kandinsky2Interpolate",
                         "Kandinsky2InterpolateBatch")
 ENC, DEC, IC, DE, S = ("Kandinsky2MoVQEncode", "Kandinsky2MoVQDecode", "Kandinsky2InpaintConditioning",
                        "Kandinsky2DepthEstimate", "Kandinsky2DecoderSampler")
 VALIDATION, WORKS = "validation", "works"
+K3U, K3T, K3S = "Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler"
 
 
 class Refused:
@@ -381,6 +409,28 @@ CASES = [
     ("sampler-hint-batch-3-for-2", S,
      lambda g: depth_sample(g, image(g, batch_size=3), latent=g.empty_latent(batch_size=2)[0])),
     ("sampler-hint-nan", S, lambda g: depth_sample(g, nan_image(g))),
+    # Kandinsky 3: loaders, the sampler, the T5 through CLIP Text Encode
+    ("k3-unet-path-escape", Refused(K3U, "unet"), k3_load(K3U, "unet", "../../etc/passwd")),
+    ("k3-unet-weight-dtype", Refused(K3U, "weight_dtype"), k3_load(K3U, "unet", K3, weight_dtype="int4")),
+    ("k3-unet-corrupt", K3U, k3_load(K3U, "unet", "hostile/k3-unet-corrupt/")),
+    ("k3-unet-truncated", K3U, k3_load(K3U, "unet", "hostile/k3-unet-truncated/")),
+    ("k3-unet-given-22-decoder", K3U, k3_load(K3U, "unet", DECODERS["2.2"])),
+    ("k3-t5-path-escape", Refused(K3T, "text_encoder"), k3_load(K3T, "text_encoder", "/etc/passwd")),
+    ("k3-t5-corrupt-shard", K3T, k3_load(K3T, "text_encoder", "hostile/k3-t5-corrupt/")),
+    ("k3-t5-missing-shard", K3T, k3_load(K3T, "text_encoder", "hostile/k3-t5-missing-shard/")),
+    ("k3-t5-no-tokenizer", K3T, k3_load(K3T, "text_encoder", "hostile/k3-no-tokenizer/")),
+    ("k3-t5-given-22-decoder", K3T, k3_load(K3T, "text_encoder", DECODERS["2.2"])),
+    ("k3-long-prompt", WORKS, lambda g: k3_sample(g, text="a red cat " * 2000)),
+    ("k3-empty-prompt", WORKS, lambda g: k3_sample(g, text="")),
+    ("k3-sampler-22-cond", K3S, lambda g: k3_sample(g, cond=cond22(g)[0])),
+    ("k3-sampler-combined-cond", K3S, lambda g: k3_sample(g, cond=k3_combined(g))),
+    ("k3-sampler-latent-63px", K3S, lambda g: k3_sample(g, latent=g.empty_latent(63, 63)[0])),
+    ("k3-sampler-latent-16-channel", K3S, lambda g: k3_sample(g, latent=g.add(
+        "EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)[0])),
+    ("k3-sampler-nan-latent-img2img", K3S, lambda g: k3_sample(g, latent=nan_latent(g), denoise=0.5)),
+    ("k3-sampler-cfg-nan", K3S, lambda g: k3_sample(g, cfg=NAN)),
+    ("k3-sampler-denoise-nan", K3S, lambda g: k3_sample(g, denoise=NAN)),
+    ("k3-sampler-unknown-sampler", Refused(K3S, "sampler"), lambda g: k3_sample(g, sampler="euler")),
 ]
 
 
