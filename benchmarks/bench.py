@@ -2,9 +2,11 @@
 
     python benchmarks/bench.py            # --quick on CPU, --full on a GPU
     python benchmarks/bench.py --full --sizes 256,512,768
+    python benchmarks/bench.py --only load --models "2.2 UNet"   # load times and anonymous peak memory only
 
 Random weights are written once, diffusers `save_pretrained` layout, into --workdir; both sides load them from there
-(that load is the load-time figure). Every measurement runs in a fresh child process, so peak memory belongs to one
+(that load is the load-time figure; `--only load` measures each MODELS entry at its file's dtype, converted, and
+from a cold page cache). Every measurement runs in a fresh child process, so peak memory belongs to one
 side only; the two sides alternate. The prior's CLIP towers are stand-ins of the published width and one layer: both
 sides run the same transformers code for them, so they would only add the same seconds and gigabytes to both.
 
@@ -24,39 +26,49 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 PROMPT = "a red cat, oil painting"
 
 
 class PeakMemory:
-    """Peak resident set size (polled from /proc) and CUDA max allocated, since `reset`."""
+    """Peak resident memory since `reset`, polled from /proc in a thread: all of it (RSS) and the anonymous part (what
+    the process really owns; RSS also counts page cache of memory-mapped files, which the kernel drops at will), plus
+    CUDA max allocated."""
 
     def __init__(self, device):
-        self.device, self.peak, self._stop = device, 0, False
-        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.device, self._stop = device, False
+        self.peak = self.now()
         threading.Thread(target=self._poll, daemon=True).start()
 
-    def rss(self):
-        """Current resident set size in bytes."""
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
+    @staticmethod
+    def now():
+        """{"rss", "anon"} in bytes, from /proc/self/status."""
+        fields = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "RssAnon"):
+                    fields[name] = int(value.split()[0]) * 1024
+        return {"rss": fields["VmRSS"], "anon": fields["RssAnon"]}
 
     def _poll(self):
         while not self._stop:
-            self.peak = max(self.peak, self.rss())
+            now = self.now()
+            self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
             time.sleep(0.002)
 
     def reset(self):
         """Start a new peak from now."""
-        self.peak = self.rss()
+        self.peak = self.now()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
     def read(self):
-        """{"rss_gb", "cuda_gb"} peaks since the last reset."""
-        self.peak = max(self.peak, self.rss())
+        """{"rss_gb", "anon_gb", "cuda_gb"} peaks since the last reset."""
+        now = self.now()
+        self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
         cuda = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
-        return {"rss_gb": self.peak / 2**30, "cuda_gb": cuda}
+        return {"rss_gb": self.peak["rss"] / 2**30, "anon_gb": self.peak["anon"] / 2**30, "cuda_gb": cuda}
 
 
 def sync(device):
@@ -127,13 +139,41 @@ def write_weights(root):
 
 # ---------------------------------------------------------------- child-process measurements
 
+def _ours_component(kind):
+    def load(path, dtype, device):
+        from kandinsky_core.loading import load_component
+        return load_component(path, kind, dtype=dtype, device=device)
+    return load
+
+
+def _theirs_component(cls):
+    def load(path, dtype, device):
+        import diffusers
+        folder, name = os.path.split(path) if os.path.isfile(path) else (path, None)
+        variant = name.split(".")[-2] if name and name.count(".") > 1 else None  # diffusion_pytorch_model.fp16.safetensors
+        return getattr(diffusers, cls).from_pretrained(folder, torch_dtype=dtype, variant=variant).to(device).eval()
+    return load
+
+
+# What to benchmark: one entry per model, so another family (Kandinsky 3: UNet, T5) adds rows by adding entries. Each
+# names its folder (a key of the folders write_weights returns) and how either side loads it from a path in there.
+MODELS = {
+    "2.2 UNet": {"folder": "decoder", "path": "unet", "ours": _ours_component("unet"),
+                 "theirs": _theirs_component("UNet2DConditionModel")},
+    "2.2 prior": {"folder": "prior", "path": "prior", "ours": _ours_component("prior"),
+                  "theirs": _theirs_component("PriorTransformer")},
+}
+
+
+def model_path(spec, name, path=None):
+    """Absolute path of a MODELS entry (or of `path` inside its folder)."""
+    entry = MODELS[name]
+    return os.path.join(spec["folders"][entry["folder"]], path or entry["path"])
+
+
 def load_unet(side, folder, dtype, device):
     """One side's UNet from the decoder folder."""
-    if side == "ours":
-        from kandinsky_core.loading import load_component
-        return load_component(os.path.join(folder, "unet"), "unet", dtype=dtype, device=device)
-    import diffusers
-    return diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype).to(device).eval()
+    return MODELS["2.2 UNet"][side](os.path.join(folder, "unet"), dtype, device)
 
 
 def unet_step(side, unet, x, t, emb):
@@ -150,12 +190,18 @@ def matmul_peak(dtype, device, n=4096, repeats=3):
     return max(2 * n ** 3 / timed(lambda: torch.mm(a, b), device)[1] for _ in range(repeats))
 
 
+CALLS = {"ours": "ours", "fast": "ours", "theirs": "theirs"}  # how each side of child_unet is called
+
+
 @torch.no_grad()
 def child_unet(spec, device, memory):
-    """Guided UNet step times, both sides alternating in this one process, plus FLOPs and matmul peak."""
+    """Guided UNet step times, all sides alternating in this one process, plus FLOPs, matmul peak and how far our
+    opt-in fast mode (`speed.optimize`: channels_last) lands from the exact result."""
     from torch.utils.flop_counter import FlopCounterMode
+    from kandinsky_core.speed import optimize
     dtype = DTYPES[spec["dtype"]]
     unets = {side: load_unet(side, spec["decoder"], dtype, device) for side in ("ours", "theirs")}
+    unets["fast"] = optimize(load_unet("ours", spec["decoder"], dtype, device))
     results = {"matmul_peak": matmul_peak(dtype, device), "sizes": {}}
     for size in spec["sizes"]:
         g = torch.Generator().manual_seed(0)
@@ -164,13 +210,16 @@ def child_unet(spec, device, memory):
         t = torch.tensor(500, device=device)
         counter = FlopCounterMode(display=False)
         with counter:  # also the warm-up of our side
-            unet_step("ours", unets["ours"], x, t, emb)
-        unet_step("theirs", unets["theirs"], x, t, emb)
-        times = {"ours": [], "theirs": []}
+            out = {"ours": unet_step("ours", unets["ours"], x, t, emb)}
+        out.update({side: unet_step(CALLS[side], unets[side], x, t, emb) for side in ("theirs", "fast")})
+        exact = out["ours"].float()
+        times = {side: [] for side in unets}
         for _ in range(spec["repeats"]):
-            for side in ("ours", "theirs"):
-                times[side].append(timed(lambda: unet_step(side, unets[side], x, t, emb), device)[1])
-        results["sizes"][size] = {"flops": counter.get_total_flops(), **times}
+            for side in unets:
+                times[side].append(timed(lambda: unet_step(CALLS[side], unets[side], x, t, emb), device)[1])
+        results["sizes"][size] = {"flops": counter.get_total_flops(), **times,
+                                  "bit_exact": torch.equal(out["ours"], out["theirs"]),
+                                  "fast_distance": ((out["fast"].float() - exact).norm() / exact.norm()).item()}
     return results
 
 
@@ -309,7 +358,39 @@ def child_solver(spec, device, memory):
     return {name: ((x.float() - reference).norm() / reference.norm()).item() for name, x in runs.items()}
 
 
-CHILDREN = {"unet": child_unet, "text_to_image": child_text_to_image, "movq": child_movq, "solver": child_solver}
+def drop_page_cache(path):
+    """Evict a file (or every file in a folder) from the page cache, for a cold-cache load."""
+    files = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in os.listdir(path)]
+    for file in files:
+        with open(file, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _first_pass(model, device):
+    """Read every weight once: a memory-mapped load only pays for its pages here."""
+    return timed(lambda: sum(float(p.float().sum()) for p in model.state_dict().values()), device)[1]
+
+
+@torch.no_grad()
+def child_load(spec, device, memory):
+    """One load of a MODELS entry: wall and CPU seconds, peak RSS and anonymous memory above the start."""
+    dtype = DTYPES.get(spec["dtype"])
+    path = model_path(spec, spec["model"], spec.get("file"))
+    import diffusers  # noqa: F401  imported by both sides so neither pays its import inside the timing
+    import kandinsky_core.loading  # noqa: F401
+    if spec["cold"]:
+        drop_page_cache(path)
+    memory.reset()
+    base, cpu = memory.read(), time.process_time()
+    model, load_s = timed(lambda: MODELS[spec["model"]][spec["side"]](path, dtype, device), device)
+    cpu, peak = time.process_time() - cpu, memory.read()
+    sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+    return {"load_s": load_s, "cpu_s": cpu, "touch_s": _first_pass(model, device), "model_gb": sum(sizes) / 2**30,
+            "largest_gb": max(sizes) / 2**30, "anon_gb": peak["anon_gb"] - base["anon_gb"],
+            "rss_gb": peak["rss_gb"] - base["rss_gb"], "cuda_gb": peak["cuda_gb"]}
+
+
+CHILDREN = {"load": child_load, "unet": child_unet, "text_to_image": child_text_to_image, "movq": child_movq, "solver": child_solver}
 
 
 def child_main(spec):
@@ -322,7 +403,8 @@ def child_main(spec):
 
 def child(spec):
     """Run a measurement in a fresh interpreter (so its peak memory is its own) and return its result."""
-    label = " ".join(str(spec[k]) for k in ("task", "side", "dtype", "size", "sampler") if spec.get(k) is not None)
+    label = " ".join(str(spec[k]) for k in ("task", "model", "side", "dtype", "size", "sampler", "file") if spec.get(k))
+    label += " (cold cache)" if spec.get("cold") else ""
     print(f"  running {label} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
@@ -352,11 +434,64 @@ def fmt_gb(x):
     return "-" if x is None else f"{x:.2f}"
 
 
+def fp16_copy(spec, name):
+    """The entry's weights as an fp16 file beside the fp32 one (diffusers' "fp16" variant naming), written once."""
+    folder = model_path(spec, name)
+    path = os.path.join(folder, "diffusion_pytorch_model.fp16.safetensors")
+    if not os.path.isfile(path):
+        from safetensors.torch import save_file
+        from kandinsky_core.loading import iter_tensors, weights_path
+        save_file(dict(iter_tensors(weights_path(folder), dtype=torch.float16)), path)
+    return os.path.relpath(path, spec["folders"][MODELS[name]["folder"]])
+
+
+def load_cases(args, base, name):
+    """(label, ours spec, [diffusers specs to compare with]) for one MODELS entry: same dtype, converting, cold cache."""
+    fast = "bf16" if args.device.type == "cuda" or fast_dtype(args.device) == "bf16" else "fp16"
+    spec = {**base, "task": "load", "model": name, "cold": False}
+    ours, theirs = {**spec, "side": "ours"}, {**spec, "side": "theirs"}
+    cases = [("fp32 file → fp32", {**ours, "dtype": "fp32"}, [{**theirs, "dtype": "fp32"}])]
+    cases.append((f"fp32 file → {fast}", {**ours, "dtype": fast}, [{**theirs, "dtype": fast}, {**theirs, "dtype": "fp32"}]))
+    if args.fp8 and name == "2.2 UNet":
+        half = {"file": fp16_copy(base, name)}
+        cases.append(("fp16 file → fp8 e4m3fn", {**ours, **half, "dtype": "fp8"}, [{**theirs, **half, "dtype": "fp16"}]))
+    cases.append((f"cold page cache, fp32 file → {fast}", {**ours, "dtype": fast, "cold": True},
+                  [{**theirs, "dtype": "fp32", "cold": True}]))
+    return cases
+
+
+def bench_load(args, base, rows):
+    """Load rows per MODELS entry: medians of alternating runs, each in a fresh process, with anonymous peak memory."""
+    for name in args.models:
+        cases = load_cases(args, base, name)
+        specs = {json.dumps(s, sort_keys=True): s for _, ours, theirs in cases for s in [ours] + theirs}
+        runs = {key: [] for key in specs}
+        for _ in range(args.repeats):
+            for key, spec in specs.items():  # every case's runs interleave with every other's
+                runs[key].append(child(spec))
+        got = {key: {k: (None if rs[0][k] is None else med([r[k] for r in rs])) for k in rs[0]} for key, rs in runs.items()}
+        first = got[next(iter(got))]
+        rows.append(f"load {name} ({first['model_gb']:.2f} GB as fp32), {args.device}, medians of {args.repeats}; "
+                    "'+pass' adds one read of every weight, where a memory-mapped load pays for its pages")
+        for label, ours, theirs in cases:
+            o = got[json.dumps(ours, sort_keys=True)]
+            bound = o["model_gb"] + o["largest_gb"]
+            line = (f"  {label} | ours {o['load_s']:.2f}s (CPU {o['cpu_s']:.2f}s, +pass {o['load_s'] + o['touch_s']:.2f}s), "
+                    f"peak anon +{o['anon_gb']:.2f} GB (model {o['model_gb']:.2f} + largest tensor {o['largest_gb']:.2f} "
+                    f"= {bound:.2f}: {'within' if o['anon_gb'] <= bound else 'OVER'}), RSS +{o['rss_gb']:.2f} GB")
+            for t in theirs:
+                t_got = got[json.dumps(t, sort_keys=True)]
+                line += (f" | diffusers {t['dtype']} {t_got['load_s']:.2f}s (CPU {t_got['cpu_s']:.2f}s, +pass "
+                         f"{t_got['load_s'] + t_got['touch_s']:.2f}s), anon +{t_got['anon_gb']:.2f} GB: ratio "
+                         f"{o['load_s'] / t_got['load_s']:.2f} (+pass {(o['load_s'] + o['touch_s']) / (t_got['load_s'] + t_got['touch_s']):.2f})")
+            rows.append(line + (f", CUDA {o['cuda_gb']:.2f} GB" if o["cuda_gb"] is not None else ""))
+
+
 def bench_unet(args, base, rows):
     """UNet step rows: per (dtype, sizes) case, medians, ratio, FLOP/s against the matmul peak."""
     cases = [("fp32", args.sizes)]
     if args.device.type == "cuda":
-        cases += [("fp16", [768]), ("bf16", [768])]
+        cases += [("fp16", [768, 1024]), ("bf16", [768, 1024])]
     elif fast_dtype(args.device) == "bf16":
         cases += [("bf16", [512])]
     for dtype, sizes in cases:
@@ -365,9 +500,12 @@ def bench_unet(args, base, rows):
         rows.append(f"matmul peak ({dtype}, 4096²): {peak / 1e9:.1f} GFLOP/s")
         for size, s in r["sizes"].items():
             ours, theirs = med(s["ours"]), med(s["theirs"])
-            rows.append(f"UNet step {dtype} {size}² batch 2 | ours {ours:.3f}s | diffusers {theirs:.3f}s | "
-                        f"ratio {ours / theirs:.2f} | {s['flops'] / 1e12:.2f} TFLOP, ours {s['flops'] / ours / 1e9:.1f} GFLOP/s "
-                        f"= {100 * s['flops'] / ours / peak:.0f}% of peak (diffusers {100 * s['flops'] / theirs / peak:.0f}%)")
+            fast = med(s["fast"])
+            rows.append(f"UNet step {dtype} {size}² batch 2 | ours {ours:.3f}s ({'bit-exact' if s['bit_exact'] else 'NOT bit-exact'}"
+                        f") | diffusers {theirs:.3f}s | ratio {ours / theirs:.2f} | ours opt-in channels_last {fast:.3f}s, ratio "
+                        f"{fast / theirs:.2f}, |fast - exact| / |exact| {s['fast_distance']:.1e} | {s['flops'] / 1e12:.2f} TFLOP, ours "
+                        f"{100 * s['flops'] / ours / peak:.0f}% of peak, fast {100 * s['flops'] / fast / peak:.0f}%, diffusers "
+                        f"{100 * s['flops'] / theirs / peak:.0f}%")
 
 
 def bench_text_to_image(args, base, rows):
@@ -380,7 +518,7 @@ def bench_text_to_image(args, base, rows):
               ("identical (fp32, DDPM 100)", {"side": "ours", "dtype": "fp32", "sampler": "ddpm", "steps": 100},
                {"side": "theirs", "dtype": "fp32", "sampler": "ddpm", "steps": 100})]
     label = "" if args.full else f" [extrapolated from {run(100)} decoder / 2 prior steps]"
-    for name, ours_spec, theirs_spec in setups:
+    for name, ours_spec, theirs_spec in [s for s in setups if s[0].split()[0] in args.setups]:
         got = {}
         for spec in (ours_spec, theirs_spec):
             got[spec["side"]] = child({**base, **steps, **spec, "task": "text_to_image", "size": 512,
@@ -390,8 +528,9 @@ def bench_text_to_image(args, base, rows):
                     f"{o['total_s']:.1f}s (prior {o['prior_s']:.1f}s, decoder {o['decoder_s']:.1f}s) | diffusers "
                     f"({theirs_spec['dtype']}, {theirs_spec['sampler']} {theirs_spec['steps']}) {t['total_s']:.1f}s "
                     f"(prior {t['prior_s']:.1f}s, decoder {t['decoder_s']:.1f}s) | ratio {o['total_s'] / t['total_s']:.2f}")
-        rows.append(f"  peak memory {name} | ours RSS {fmt_gb(o['rss_gb'])} GB, CUDA {fmt_gb(o['cuda_gb'])} GB | diffusers "
-                    f"RSS {fmt_gb(t['rss_gb'])} GB, CUDA {fmt_gb(t['cuda_gb'])} GB | RSS ratio {o['rss_gb'] / t['rss_gb']:.2f}")
+        rows.append(f"  peak memory {name} | ours anon {fmt_gb(o['anon_gb'])} GB, RSS {fmt_gb(o['rss_gb'])} GB, CUDA "
+                    f"{fmt_gb(o['cuda_gb'])} GB | diffusers anon {fmt_gb(t['anon_gb'])} GB, RSS {fmt_gb(t['rss_gb'])} GB, CUDA "
+                    f"{fmt_gb(t['cuda_gb'])} GB | anon ratio {o['anon_gb'] / t['anon_gb']:.2f}, RSS ratio {o['rss_gb'] / t['rss_gb']:.2f}")
         rows.append(f"  load from safetensors {name} | ours {o['load_s']:.1f}s ({ours_spec['dtype']}) | diffusers "
                     f"{t['load_s']:.1f}s ({theirs_spec['dtype']}) | ratio {o['load_s'] / t['load_s']:.2f}")
 
@@ -428,26 +567,32 @@ def main():
     p.add_argument("--sizes", default="256,512,768", help="UNet step sizes, comma separated")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "kandinsky-bench"))
-    p.add_argument("--only", default="unet,text_to_image,movq,solver", help="which parts, comma separated")
+    p.add_argument("--only", default="load,unet,text_to_image,movq,solver", help="which parts, comma separated")
+    p.add_argument("--models", default="2.2 UNet,2.2 prior", help="MODELS entries the load part covers, comma separated")
+    p.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip the fp16 → fp8 load (writes an fp16 copy)")
+    p.add_argument("--setups", default="defaults,identical", help="text-to-image setups, comma separated")
+    p.add_argument("--repeats", type=int, help="runs per side and case (default 2 quick, 5 full)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child_main(json.loads(args.child))
     args.device = torch.device(args.device)
     args.full = args.full or (not args.quick and args.device.type == "cuda")
-    args.repeats = 5 if args.full else 2
+    args.repeats = args.repeats or (5 if args.full else 2)
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.models = args.models.split(",")
     start = time.perf_counter()
     decoder, prior = write_weights(args.workdir)
-    base = {"device": str(args.device), "decoder": decoder, "prior": prior}
+    base = {"device": str(args.device), "decoder": decoder, "prior": prior, "folders": {"decoder": decoder, "prior": prior}}
     rows = Table()
     rows.append(f"machine: {torch.get_num_threads()} threads, {args.device}"
             f"{' ' + torch.cuda.get_device_name() if args.device.type == 'cuda' else ''}, torch {torch.__version__}, "
-            f"mode {'full' if args.full else 'quick'}")
-    parts = {"unet": bench_unet, "text_to_image": bench_text_to_image, "movq": bench_movq, "solver": bench_solver}
+            f"mode {'full' if args.full else 'quick'}, load average {os.getloadavg()[0]:.1f}")
+    parts = {"load": bench_load, "unet": bench_unet, "text_to_image": bench_text_to_image, "movq": bench_movq, "solver": bench_solver}
     for name in args.only.split(","):
         parts[name](args, base, rows)
-    rows.append(f"benchmark wall time {time.perf_counter() - start:.0f}s")
+    rows.append(f"benchmark wall time {time.perf_counter() - start:.0f}s, load average now {os.getloadavg()[0]:.1f} "
+                f"(15 min: {os.getloadavg()[2]:.1f})")
 
 
 if __name__ == "__main__":
