@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -57,6 +58,18 @@ def write_inputs(folder):
     alpha = np.full((SIZE, SIZE, 1), 255, np.uint8)
     alpha[SIZE // 4: -SIZE // 4, SIZE // 4: -SIZE // 4] = 0
     Image.fromarray(np.concatenate([rgb, alpha], axis=-1)).save(folder / INPAINT_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def comfyui_in_process():
+    """ComfyUI's tree made importable in the test process (`import comfy...`), the one the server runs. Skips where
+    the server runs under its own interpreter (ComfyUI 0.30.0 in .comfyui030/venv): its packages (comfy_aimdo,
+    comfy_kitchen, ...) are not in the test process's environment."""
+    if os.path.abspath(COMFYUI_PYTHON) != os.path.abspath(sys.executable):
+        pytest.skip(f"ComfyUI {COMFYUI_DIR} runs under {COMFYUI_PYTHON}; it cannot be imported in this process")
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.append(str(COMFYUI_DIR))
+    return COMFYUI_DIR
 
 
 @pytest.fixture(scope="session")

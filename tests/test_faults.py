@@ -150,12 +150,10 @@ def test_50_prompts_flat_memory(comfy, baseline):
 
 
 @pytest.fixture(scope="module")
-def pack():
+def pack(comfyui_in_process):
     """The node pack imported in this process (ComfyUI on the CPU), as package `kandinsky_pack`."""
     if not COMFYUI_DIR.is_dir():
         pytest.skip(f"ComfyUI not installed at {COMFYUI_DIR}")
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.append(str(COMFYUI_DIR))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
