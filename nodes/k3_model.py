@@ -5,7 +5,6 @@ under the same name. CONDITIONING comes from CLIP Text Encode with the Kandinsky
 states (B, L, d) with the prompt's attention mask and a marker in its dict; anything else is refused by name here.
 The UNet is built with `comfy.ops`, so fp8 weight storage and ComfyUI's low-VRAM partial loading apply to it.
 """
-import json
 import os
 
 import comfy.conds
@@ -19,7 +18,7 @@ import torch
 from ..kandinsky_core import loading
 from ..kandinsky_core import schedulers as S
 from ..kandinsky_core.errors import KandinskyError
-from ..kandinsky_core.kandinsky3.unet import UNet, UNetConfig
+from ..kandinsky_core.kandinsky3 import loading as K3L
 from . import paths
 from .decoder_model import KandinskyLatent
 
@@ -117,21 +116,13 @@ def check_conditioning(hidden, extra, width, node):
     return hidden, mask.float()
 
 
-def read_unet_config(folder):
-    """The UNet config of a kandinsky-3 folder."""
-    path = os.path.join(folder, "unet", "config.json")
-    if not paths.is_kandinsky3(folder):
-        raise KandinskyError(f"{folder} is not a kandinsky-3 folder: {path} must exist and name Kandinsky3UNet; copy the "
-                             "unet/ folder of kandinsky-community/kandinsky-3.")
-    with open(path) as f:
-        return UNetConfig.from_dict({k: v for k, v in json.load(f).items() if not k.startswith("_")})
-
-
 def load_unet(folder, weight_dtype="default"):
     """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device."""
     if weight_dtype not in WEIGHT_DTYPES:  # ComfyUI 0.3.75 does not check V3 combo values
         raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
-    config = read_unet_config(folder)
+    if not paths.is_kandinsky3(folder):
+        raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
+                             "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
     weights = loading.weights_path(os.path.join(folder, "unet"))
     params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights).values())
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
@@ -140,7 +131,7 @@ def load_unet(folder, weight_dtype="default"):
     model_config = Kandinsky3ModelConfig(Kandinsky3ModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
     ops = without_weightless_casts(comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device))
-    unet = loading.load_weights(UNet(config, operations=ops, dtype=dtype, device="meta"), weights, dtype=dtype, device=offload)
+    unet = K3L.load_unet(folder, dtype=dtype, device=offload, operations=ops)
     scheduler = None
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):
         scheduler = loading.read_scheduler_config(folder)

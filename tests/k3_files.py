@@ -66,16 +66,6 @@ def write_all(root):
 
 def load_core(folder):
     """The folder's models for kandinsky_core's pipeline, in fp32 on the CPU (what the test server computes in)."""
-    from kandinsky_core import loading
-    from kandinsky_core.kandinsky3.pipeline import Kandinsky3Models
-    from kandinsky_core.kandinsky3.t5 import load_t5
-    from kandinsky_core.kandinsky3.tokenizer import load_tokenizer
-    from kandinsky_core.kandinsky3.unet import UNetConfig
+    from kandinsky_core.kandinsky3.loading import load_kandinsky3
 
-    with open(os.path.join(folder, "unet", "config.json")) as f:
-        config = UNetConfig.from_dict({k: v for k, v in json.load(f).items() if not k.startswith("_")})
-    unet = loading.load_weights(UNet(config, device="meta"), os.path.join(folder, "unet", FP16), dtype=torch.float32)
-    movq = loading.load_component(folder, "movq", dtype=torch.float32)
-    return Kandinsky3Models(unet.eval(), movq, loading.load_scheduler(folder),
-                            load_t5(os.path.join(folder, "text_encoder"), dtype=torch.float32), load_tokenizer(folder))
-
+    return load_kandinsky3(folder, dtype=torch.float32)
