@@ -6,7 +6,6 @@ A few checks need ComfyUI's own objects (its noise schedule, conditioning from o
 pack into this process from the same ComfyUI tree the server runs.
 """
 import importlib.util
-import os
 import sys
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_server import COMFYUI_DIR, COMFYUI_PYTHON, REPO
+from comfy_server import REPO
 from graphs import INPUT_IMAGE, SIZE, Graph
 from k3_files import K3, K3_OTHER_T5, load_core
 from kandinsky_core import schedulers as S
@@ -259,13 +258,8 @@ def test_server_keeps_serving_after_bad_wiring(comfy, ws):
 
 
 @pytest.fixture(scope="module")
-def pack():
-    """The pack's node modules, imported with ComfyUI (CPU) from the tree the server runs; skipped where the server
-    has its own interpreter (ComfyUI 0.30.0's packages are not in this process's environment)."""
-    if os.path.abspath(COMFYUI_PYTHON) != os.path.abspath(sys.executable):
-        pytest.skip(f"ComfyUI {COMFYUI_DIR} runs under {COMFYUI_PYTHON}; it cannot be imported in this process")
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.append(str(COMFYUI_DIR))
+def pack(comfyui_in_process):
+    """The pack's node modules, imported with ComfyUI (CPU) from the tree the server runs."""
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
