@@ -78,7 +78,8 @@ class KandinskyDecoder(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         out = {"c_crossattn": comfy.conds.CONDCrossAttn(check_embeddings(kwargs.get("cross_attn"), self.variant,
-                                                                         self.diffusion_model.unet.config.image_embed_dim))}
+                                                                         self.diffusion_model.unet.config.image_embed_dim,
+                                                                         kwargs))}
         batch = kwargs["cross_attn"].shape[0]
         if self.variant.startswith("2.1"):
             pooled, hidden = self.encode_prompt(kwargs.get("kandinsky_prompt"), batch)
@@ -101,8 +102,12 @@ class KandinskyDecoder(comfy.model_base.BaseModel):
         return pooled, hidden
 
 
-def check_embeddings(cross_attn, variant, dim):
+def check_embeddings(cross_attn, variant, dim, extra=None):
     """Refuse conditioning that is not a Kandinsky image embedding of the decoder's width, saying what to connect."""
+    if extra and "kandinsky3_text_width" in extra:  # the marker the Kandinsky 3 CLIP puts in its conditioning
+        raise KandinskyError(f"The Kandinsky {variant} decoder got Kandinsky 3 text conditioning (CLIP Text Encode with "
+                             "the Kandinsky 3 T5); it needs image-embedding conditioning from Kandinsky Prior Encode, "
+                             "or use that conditioning with a model from Kandinsky 3 UNet Loader.")
     if cross_attn is None or cross_attn.ndim != 3 or cross_attn.shape[1] != 1:
         shape = None if cross_attn is None else tuple(cross_attn.shape)
         raise KandinskyError(f"The Kandinsky {variant} decoder got text-encoder conditioning of shape {shape} (e.g. from "

@@ -39,7 +39,7 @@ def read_conditioning(cond, name, decoder):
         raise KandinskyError(f"The {name} conditioning has {len(cond)} entries (combined conditioning); the Kandinsky "
                              "Decoder Sampler takes one: average embeddings with Kandinsky Interpolate instead.")
     emb, extra = cond[0]
-    return check_embeddings(emb, decoder.variant, decoder.diffusion_model.unet.config.image_embed_dim)[:, 0], extra
+    return check_embeddings(emb, decoder.variant, decoder.diffusion_model.unet.config.image_embed_dim, extra)[:, 0], extra
 
 
 class DecoderSampler(io.ComfyNode):

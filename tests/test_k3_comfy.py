@@ -238,9 +238,11 @@ def k3_into_22(sampler):
                  id="t5_of_another_width_with_ksampler"),
     pytest.param(k3_graph("concat", sampler="KSampler"), "KSampler", ["attention mask", "ConditioningConcat"],
                  id="concatenated_conditioning"),
-    pytest.param(k3_into_22("Kandinsky2DecoderSampler"), "Kandinsky2DecoderSampler", ["Prior Encode"],
+    pytest.param(k3_into_22("Kandinsky2DecoderSampler"), "Kandinsky2DecoderSampler",
+                 ["Kandinsky 3 text conditioning", "Prior Encode", "Kandinsky 3 UNet Loader"],
                  id="k3_conditioning_into_22_decoder"),
-    pytest.param(k3_into_22("KSampler"), "KSampler", ["Prior Encode"], id="k3_conditioning_into_22_with_ksampler"),
+    pytest.param(k3_into_22("KSampler"), "KSampler", ["Kandinsky 3 text conditioning", "Prior Encode"],
+                 id="k3_conditioning_into_22_with_ksampler"),
 ])
 def test_bad_wiring_fails_clearly(comfy, ws, bad, node_type, words):
     error = fail(comfy, ws, bad)
