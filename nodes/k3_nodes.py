@@ -135,6 +135,8 @@ class Sampler(io.ComfyNode):
         neg = read_conditioning(negative, "negative", width) if negative is not None else None
         if not 0 <= denoise <= 1:
             raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
+        if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
+            raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
         mm.load_models_gpu([model])
         unet = k3.diffusion_model.unet
         device, dtype = model.load_device, k3.manual_cast_dtype or next(unet.parameters()).dtype
@@ -143,8 +145,6 @@ class Sampler(io.ComfyNode):
         positive = conditioning_pair(pos, n, device, dtype)
         negative = None if g <= 1 else conditioning_pair(neg, n, device, dtype) if neg is not None else \
             (torch.zeros_like(positive[0]), torch.zeros_like(positive[1]))  # diffusers' negative_prompt=None
-        if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
-            raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
         core = K3.Kandinsky3Models(Computing(unet, dtype, device), None, make_scheduler(k3.scheduler_config, sampler))
         run = dict(steps=steps, guidance_scale=g, generator=torch.Generator().manual_seed(seed),
                    callback=step_callback(steps, cls.hidden.unique_id, model))
