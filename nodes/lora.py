@@ -21,7 +21,7 @@ import torch
 from comfy_api.latest import io
 from safetensors import safe_open
 
-from . import types
+from . import paths, types
 from .decoder_model import KandinskyDecoder
 from ..kandinsky_core import lora as core
 from ..kandinsky_core.errors import KandinskyError
@@ -128,7 +128,7 @@ class PriorLoRA(io.ComfyNode):
     def execute(cls, prior, lora_name, strength):
         if strength == 0:  # as ComfyUI's own LoRA loaders: nothing to patch
             return io.NodeOutput(prior)
-        return io.NodeOutput(prior_with_lora(prior, folder_paths.get_full_path_or_raise("loras", lora_name), strength))
+        return io.NodeOutput(prior_with_lora(prior, paths.resolve(lora_name, "loras"), strength))
 
 
 NODES = [PriorLoRA]

@@ -70,16 +70,16 @@ def entries(kind):
     return sorted(folders) + sorted(files)
 
 
-def resolve(name):
-    """The absolute path of a loader choice, refusing anything outside the kandinsky model folders."""
+def resolve(name, folder=FOLDER):
+    """The absolute path of a loader choice, refusing anything outside the model folders of `folder`."""
     if not isinstance(name, str) or not name:
         raise KandinskyError(f"{name!r} is not a checkpoint name; pick a checkpoint from the loader's list.")
-    roots = folder_paths.get_folder_paths(FOLDER)
+    roots = folder_paths.get_folder_paths(folder)
     for root in roots:
         root = os.path.realpath(root)
         path = os.path.realpath(os.path.join(root, name))
         if os.path.commonpath([root, path]) != root:
-            raise KandinskyError(f"'{name}' points outside the Kandinsky model folders ({', '.join(roots)}); "
+            raise KandinskyError(f"'{name}' points outside the {folder} model folders ({', '.join(roots)}); "
                                  "pick a checkpoint from the list.")
         if os.path.exists(path):
             return path

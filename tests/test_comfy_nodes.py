@@ -24,10 +24,11 @@ from kandinsky_core import prior_pipeline as P
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "object_info.json"
 PREFIX = "Kandinsky2"
+PREFIXES = (PREFIX, "Kandinsky3")  # every node id of the pack starts with one of these
 NODES = {f"{PREFIX}{name}" for name in (
     "PriorLoader", "DecoderLoader", "MoVQLoader", "PriorEncode", "ImageEmbedding", "Emb2Emb", "Interpolate",
     "InterpolateBatch", "MoVQEncode", "MoVQDecode", "InpaintConditioning", "DepthModelLoader", "DepthEstimate",
-    "ApplyDepthHint", "DecoderSampler", "PriorLoRA")}
+    "ApplyDepthHint", "DecoderSampler", "PriorLoRA")} | {"Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler"}
 # The node-definition fields the pack's schemas set. Newer ComfyUIs add more on their own (0.30.0: search_aliases,
 # price_badge, dev_only, is_input_list ..., all at their defaults), which the snapshot must not depend on.
 SCHEMA_FIELDS = ("name", "display_name", "description", "category", "python_module", "input", "input_order", "output",
@@ -35,7 +36,8 @@ SCHEMA_FIELDS = ("name", "display_name", "description", "category", "python_modu
                  "api_node")
 MODEL_LISTS = {"Kandinsky2PriorLoader": "prior", "Kandinsky2DecoderLoader": "decoder", "Kandinsky2MoVQLoader": "movq",
                "Kandinsky2DepthModelLoader": "depth_model",
-               "Kandinsky2PriorLoRA": "lora_name"}  # node: its input listing a model folder
+               "Kandinsky2PriorLoRA": "lora_name", "Kandinsky3UNetLoader": "unet",
+               "Kandinsky3T5Loader": "text_encoder"}  # node: its input listing a model folder
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +316,7 @@ def test_sampler_equals_kandinsky_core(comfy, ws, version):
 
 def pack_nodes(comfy):
     """/object_info of the pack's nodes."""
-    return {name: info for name, info in comfy.object_info().items() if name.startswith(PREFIX)}
+    return {name: info for name, info in comfy.object_info().items() if name.startswith(PREFIXES)}
 
 
 def own_schema(nodes):
@@ -356,7 +358,8 @@ def test_every_node_input_and_output_is_documented(comfy):
     nodes = pack_nodes(comfy)
     assert set(nodes) == NODES
     for name, info in nodes.items():
-        assert info["display_name"].startswith("Kandinsky ") and info["category"].startswith("Kandinsky 2")
+        family = "Kandinsky 3" if name.startswith("Kandinsky3") else "Kandinsky 2"
+        assert info["display_name"].startswith("Kandinsky ") and info["category"].startswith(family)
         assert info["description"].strip(), name
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
         undocumented = [key for key, spec in inputs.items() if not (spec[1:] and spec[1].get("tooltip", "").strip())]
