@@ -55,7 +55,7 @@ def _is_index(path):
     return name.endswith(".json") and ".index" in name
 
 
-def _shard_files(path):
+def shard_files(path):
     """The files behind a weights path: the file itself, or every shard a `*.index*.json` names (all must exist)."""
     if not _is_index(path):
         return [path]
@@ -110,7 +110,7 @@ def _cast(t, dtype, device):
 
 def iter_tensors(path, dtype=None, device="cpu"):
     """Yield (key, tensor) from a safetensors/.bin file (or a sharded index), cast one tensor at a time."""
-    for file in _shard_files(path):
+    for file in shard_files(path):
         if file.endswith(TORCH_EXTENSIONS):
             sd = _torch_load(file)
             for k in list(sd):
@@ -172,7 +172,7 @@ def _torch_load(file):
 def read_shapes(path):
     """{key: shape} of a weights file, reading only the safetensors header when possible."""
     shapes = {}
-    for file in _shard_files(path):
+    for file in shard_files(path):
         if file.endswith(TORCH_EXTENSIONS):
             shapes.update({k: tuple(v.shape) for k, v in _torch_load(file).items()})
         else:

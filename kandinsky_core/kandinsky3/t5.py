@@ -22,7 +22,7 @@ from torch import nn
 from .. import attention
 from ..config import from_dict
 from ..errors import KandinskyError
-from ..loading import describe, iter_tensors, read_metadata_config, read_shapes
+from ..loading import describe, iter_tensors, read_metadata_config, read_shapes, shard_files
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -243,21 +243,6 @@ def _weights_file(folder):
             return os.path.join(folder, name)
     raise KandinskyError(f"{folder} holds no T5 weights (looked for {', '.join(WEIGHT_FILES)}); pass kandinsky-3's "
                          "text_encoder/ folder or one .safetensors file.")
-
-
-def shard_files(path):
-    """The files behind `path`: the file itself, or every shard its `*.index*.json` names (a missing one is named)."""
-    name = os.path.basename(path)
-    if not (name.endswith(".json") and ".index" in name):
-        return [path]
-    with open(path) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
-    files = [os.path.join(os.path.dirname(path), s) for s in shards]
-    for file in files:
-        if not os.path.isfile(file):
-            raise KandinskyError(f"The text encoder shard {file} is missing ({name} lists {len(files)} shards); "
-                                 "download it into the same folder.")
-    return files
 
 
 def config_from_shapes(shapes):
