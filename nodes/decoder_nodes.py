@@ -42,6 +42,10 @@ def read_conditioning(cond, name, decoder):
     return check_embeddings(emb, decoder.variant, decoder.diffusion_model.unet.config.image_embed_dim, extra)[:, 0], extra
 
 
+SHARED_NOISE_TIP = ("Give every batch item the same noise (the first item's), so the items differ only by their "
+                    "embedding: smooth Interpolate Batch animations. Off: each item gets its own noise.")
+
+
 class DecoderSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -67,10 +71,8 @@ class DecoderSampler(io.ComfyNode):
                                tooltip="checkpoint: the folder's scheduler (DDPM for 2.2, DDIM for 2.1)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it."),
-                io.Boolean.Input("shared_noise", default=False, optional=True,  # optional: saved API prompts lack it
-                                 tooltip="Give every batch item the same noise (the first item's), so the items differ "
-                                         "only by their embedding: smooth Interpolate Batch animations. Off: each item "
-                                         "gets its own noise."),
+                # optional: API prompts saved before this input existed lack it
+                io.Boolean.Input("shared_noise", default=False, optional=True, tooltip=SHARED_NOISE_TIP),
             ],
             outputs=[io.Latent.Output(tooltip="MoVQ latents; decode with Kandinsky MoVQ Decode.")],
             hidden=[io.Hidden.unique_id],
