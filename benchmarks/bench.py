@@ -3,6 +3,9 @@
     python benchmarks/bench.py            # --quick on CPU, --full on a GPU
     python benchmarks/bench.py --full --sizes 256,512,768
     python benchmarks/bench.py --only load --models "2.2 UNet"   # load times and anonymous peak memory only
+    python benchmarks/bench.py --only k3_unet,k3_t5              # Kandinsky 3 UNet step and T5 encode (bench_k3.py)
+    python benchmarks/bench.py --only load --models "3 UNet,3 T5"
+    python benchmarks/bench.py --only k3_unet,k3_t5,load --models "3 UNet,3 T5" --k3-tiny   # K3 dry run (tiny models)
 
 Random weights are written once, diffusers `save_pretrained` layout, into --workdir; both sides load them from there
 (that load is the load-time figure; `--only load` measures each MODELS entry at its file's dtype, converted, and
@@ -11,7 +14,8 @@ side only; the two sides alternate. The prior's CLIP towers are stand-ins of the
 sides run the same transformers code for them, so they would only add the same seconds and gigabytes to both.
 
 --quick runs few decoder and prior steps and extrapolates the per-step median to the full step count; those rows say
-"extrapolated". Needs the test extra (diffusers).
+"extrapolated". Needs the test extra (diffusers). The Kandinsky 3 parts (k3_unet, k3_t5, the "3 UNet" and "3 T5"
+load rows) are in bench_k3.py: kandinsky-3's published layout of random weights, one side per process.
 """
 import argparse
 import json
@@ -26,6 +30,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import bench_k3  # noqa: E402  the Kandinsky 3 parts, in their own file
+bench_k3.register(sys.modules[__name__])  # they use this module's helpers
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 PROMPT = "a red cat, oil painting"
 
@@ -162,6 +168,11 @@ MODELS = {
                  "theirs": _theirs_component("UNet2DConditionModel")},
     "2.2 prior": {"folder": "prior", "path": "prior", "ours": _ours_component("prior"),
                   "theirs": _theirs_component("PriorTransformer")},
+    # fp16 files: their own load cases; "preload" imports what a side would otherwise import inside its timing
+    "3 UNet": {"folder": "k3", "path": "unet", "ours": bench_k3.ours_unet, "theirs": bench_k3.theirs_unet,
+               "cases": bench_k3.load_cases, "preload": bench_k3.preload},
+    "3 T5": {"folder": "k3", "path": "text_encoder", "ours": bench_k3.ours_t5, "theirs": bench_k3.theirs_t5,
+             "cases": bench_k3.load_cases, "preload": bench_k3.preload, "oracle": "transformers"},
 }
 
 
@@ -378,6 +389,7 @@ def child_load(spec, device, memory):
     path = model_path(spec, spec["model"], spec.get("file"))
     import diffusers  # noqa: F401  imported by both sides so neither pays its import inside the timing
     import kandinsky_core.loading  # noqa: F401
+    MODELS[spec["model"]].get("preload", lambda: None)()
     if spec["cold"]:
         drop_page_cache(path)
     memory.reset()
@@ -390,7 +402,8 @@ def child_load(spec, device, memory):
             "rss_gb": peak["rss_gb"] - base["rss_gb"], "cuda_gb": peak["cuda_gb"]}
 
 
-CHILDREN = {"load": child_load, "unet": child_unet, "text_to_image": child_text_to_image, "movq": child_movq, "solver": child_solver}
+CHILDREN = {"load": child_load, "unet": child_unet, "text_to_image": child_text_to_image, "movq": child_movq, "solver": child_solver,
+            **bench_k3.CHILDREN}
 
 
 def child_main(spec):
@@ -463,7 +476,8 @@ def load_cases(args, base, name):
 def bench_load(args, base, rows):
     """Load rows per MODELS entry: medians of alternating runs, each in a fresh process, with anonymous peak memory."""
     for name in args.models:
-        cases = load_cases(args, base, name)
+        cases = MODELS[name].get("cases", load_cases)(args, base, name)
+        oracle = MODELS[name].get("oracle", "diffusers")
         specs = {json.dumps(s, sort_keys=True): s for _, ours, theirs in cases for s in [ours] + theirs}
         runs = {key: [] for key in specs}
         for _ in range(args.repeats):
@@ -471,7 +485,7 @@ def bench_load(args, base, rows):
                 runs[key].append(child(spec))
         got = {key: {k: (None if rs[0][k] is None else med([r[k] for r in rs])) for k in rs[0]} for key, rs in runs.items()}
         first = got[next(iter(got))]
-        rows.append(f"load {name} ({first['model_gb']:.2f} GB as fp32), {args.device}, medians of {args.repeats}; "
+        rows.append(f"load {name} ({first['model_gb']:.2f} GB as {cases[0][1]['dtype']}), {args.device}, medians of {args.repeats}; "
                     "'+pass' adds one read of every weight, where a memory-mapped load pays for its pages")
         for label, ours, theirs in cases:
             o = got[json.dumps(ours, sort_keys=True)]
@@ -481,7 +495,7 @@ def bench_load(args, base, rows):
                     f"= {bound:.2f}: {'within' if o['anon_gb'] <= bound else 'OVER'}), RSS +{o['rss_gb']:.2f} GB")
             for t in theirs:
                 t_got = got[json.dumps(t, sort_keys=True)]
-                line += (f" | diffusers {t['dtype']} {t_got['load_s']:.2f}s (CPU {t_got['cpu_s']:.2f}s, +pass "
+                line += (f" | {oracle} {t['dtype']} {t_got['load_s']:.2f}s (CPU {t_got['cpu_s']:.2f}s, +pass "
                          f"{t_got['load_s'] + t_got['touch_s']:.2f}s), anon +{t_got['anon_gb']:.2f} GB: ratio "
                          f"{o['load_s'] / t_got['load_s']:.2f} (+pass {(o['load_s'] + o['touch_s']) / (t_got['load_s'] + t_got['touch_s']):.2f})")
             rows.append(line + (f", CUDA {o['cuda_gb']:.2f} GB" if o["cuda_gb"] is not None else ""))
@@ -572,6 +586,7 @@ def main():
     p.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip the fp16 → fp8 load (writes an fp16 copy)")
     p.add_argument("--setups", default="defaults,identical", help="text-to-image setups, comma separated")
     p.add_argument("--repeats", type=int, help="runs per side and case (default 2 quick, 5 full)")
+    bench_k3.add_arguments(p)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -581,15 +596,18 @@ def main():
     args.repeats = args.repeats or (5 if args.full else 2)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.models = args.models.split(",")
-    start = time.perf_counter()
-    decoder, prior = write_weights(args.workdir)
-    base = {"device": str(args.device), "decoder": decoder, "prior": prior, "folders": {"decoder": decoder, "prior": prior}}
-    rows = Table()
+    start, only, rows = time.perf_counter(), args.only.split(","), Table()
     rows.append(f"machine: {torch.get_num_threads()} threads, {args.device}"
             f"{' ' + torch.cuda.get_device_name() if args.device.type == 'cuda' else ''}, torch {torch.__version__}, "
             f"mode {'full' if args.full else 'quick'}, load average {os.getloadavg()[0]:.1f}")
-    parts = {"load": bench_load, "unet": bench_unet, "text_to_image": bench_text_to_image, "movq": bench_movq, "solver": bench_solver}
-    for name in args.only.split(","):
+    two = any(p != "load" and p not in bench_k3.PARTS for p in only) or (  # 2.2 weights needed
+        "load" in only and any(MODELS[m]["folder"] != "k3" for m in args.models))
+    decoder, prior = write_weights(args.workdir) if two else (None, None)
+    base = {"device": str(args.device), "decoder": decoder, "prior": prior, "folders": {"decoder": decoder, "prior": prior}}
+    bench_k3.setup(args, base, only, rows)
+    parts = {"load": bench_load, "unet": bench_unet, "text_to_image": bench_text_to_image, "movq": bench_movq, "solver": bench_solver,
+             **bench_k3.PARTS}
+    for name in only:
         parts[name](args, base, rows)
     rows.append(f"benchmark wall time {time.perf_counter() - start:.0f}s, load average now {os.getloadavg()[0]:.1f} "
                 f"(15 min: {os.getloadavg()[2]:.1f})")
