@@ -123,10 +123,16 @@ def workflow(args):
     return g.prompt, {"loaders": [unet.id, clip.id, movq.id], "encode": text.id, "sampler": sampler.id}
 
 
-def peak_rss(pid):
-    """Peak resident memory (VmHWM) of a process, bytes."""
+def node_names(prompt):
+    """{node id: class_type} of an API prompt."""
+    return {i: n["class_type"] for i, n in prompt.items()}
+
+
+def memory(pid):
+    """{VmHWM, VmRSS, RssAnon, RssFile} of a process from /proc, bytes."""
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
 def run_comfyui(args, base, cuda):
@@ -139,13 +145,18 @@ def run_comfyui(args, base, cuda):
             return [c for c in cmd if c != "--cpu"] + ["--lowvram"] if cuda else cmd
 
     prompt, nodes = workflow(args)
+    names = node_names(prompt)
     with Server(base, pack_dir=REPO, pack_name="comfyui-kandinsky2") as server, server.listen() as ws:
-        stamps, vram, seen, start = [], 0, 0, time.monotonic()
+        stamps, vram, seen, start, node, by_node = [], 0, 0, time.monotonic(), None, {}
         prompt_id = server.queue(prompt)
         while not ws.for_prompt(prompt_id, ("execution_success", "execution_error", "execution_interrupted")):
             now = time.monotonic()
             stamps += [(now, m) for m in ws.messages[seen:]]
             seen = len(stamps)
+            node = next((m["data"]["node"] for _, m in reversed(stamps) if m["type"] == "executing"), None)
+            rss = memory(server.process.pid)  # which node the peak falls in, and how much of it is file pages
+            if rss["VmRSS"] > by_node.get(node, {}).get("VmRSS", 0):
+                by_node[node] = rss
             if cuda:
                 (device,) = server._json("GET", "/system_stats")["devices"][:1]
                 vram = max(vram, device["vram_total"] - device["vram_free"])
@@ -157,7 +168,9 @@ def run_comfyui(args, base, cuda):
         stamps += [(time.monotonic(), m) for m in ws.messages[seen:]]
         if entry["status"]["status_str"] != "success":
             return {"error": [m for m in entry["status"]["messages"] if m[0] == "execution_error"]}
-        return figures(stamps, nodes, peak_rss(server.process.pid), vram)
+        out = figures(stamps, nodes, memory(server.process.pid)["VmHWM"], vram)
+        return dict(out, rss_by_node_gb={names.get(n, n): {k: round(v / GB, 2) for k, v in r.items() if k != "VmHWM"}
+                                         for n, r in by_node.items()})
 
 
 def figures(stamps, nodes, rss, vram):

@@ -5,7 +5,9 @@ under the same name. CONDITIONING comes from CLIP Text Encode with the Kandinsky
 states (B, L, d) with the prompt's attention mask and a marker in its dict; anything else is refused by name here.
 The UNet is built with `comfy.ops`, so fp8 weight storage and ComfyUI's low-VRAM partial loading apply to it.
 """
+import ctypes
 import os
+import weakref
 
 import comfy.conds
 import comfy.model_base
@@ -28,6 +30,21 @@ WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 MARKER = "kandinsky3_text_width"  # conditioning dict key: set by the Kandinsky 3 CLIP to its T5's width
 MASK = "attention_mask"  # conditioning dict key: the T5 attention mask (B, L), 1 for real tokens
+# On a CPU-only setup, the Kandinsky 3 T5s whose weights are in RAM (k3_text.py): sampling frees them.
+HELD_TEXT_ENCODERS = weakref.WeakSet()
+
+
+def release_text_encoders():
+    """Free the weights of the T5s a CPU-only setup holds, so the 8.7 B encoder and the UNet never share the RAM (the
+    next new prompt loads them again); then hand the freed heap back to the system (glibc keeps it otherwise)."""
+    if not HELD_TEXT_ENCODERS:
+        return
+    for encoder in list(HELD_TEXT_ENCODERS):
+        encoder.release()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
+        pass
 
 
 class Kandinsky3ModelConfig(comfy.supported_models_base.BASE):
@@ -70,6 +87,7 @@ class Kandinsky3(comfy.model_base.BaseModel):
         self.model_sampling.set_sigmas(((1 - abar) / abar) ** 0.5)  # the checkpoint's own schedule, as the core's
 
     def extra_conds(self, **kwargs):
+        release_text_encoders()  # sampling starts: the text is encoded
         hidden, mask = check_conditioning(kwargs.get("cross_attn"), kwargs, self.diffusion_model.unet.config.encoder_hid_dim,
                                           "KSampler")
         # CONDRegular batches only equal lengths: a prompt and a negative of other lengths run as separate UNet calls,

@@ -12,7 +12,7 @@ from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.kandinsky3 import pipeline as K3
 from . import paths
 from .decoder_nodes import make_scheduler, repeats
-from .k3_model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet
+from .k3_model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet, release_text_encoders
 from .k3_text import load_clip
 from .progress import step_callback
 
@@ -137,6 +137,7 @@ class Sampler(io.ComfyNode):
             raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
         if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
             raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
+        release_text_encoders()
         mm.load_models_gpu([model])
         unet = k3.diffusion_model.unet
         device, dtype = model.load_device, k3.manual_cast_dtype or next(unet.parameters()).dtype

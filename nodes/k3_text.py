@@ -2,6 +2,9 @@
 
 `comfy.sd.CLIP` builds the text model and the tokenizer from a target's `clip` and `tokenizer` classes and puts the
 model behind a ModelPatcher (low-VRAM partial loading; the T5 leaves the compute device when the UNet needs the room).
+On a CPU-only setup there is no other device to leave for: there the T5 is not a submodule ComfyUI manages but is held
+in RAM from loading until sampling starts, then freed (k3_model.release_text_encoders), and loaded again by the next
+encode of a new prompt — so the 8.7 B encoder and the 3 B UNet are never in RAM together.
 The T5 is the core's, built with `comfy.ops` so its weights can be stored in fp8 and cast layer by layer; it computes
 in fp32, as ComfyUI's own T5 does (Flan-UL2 overflows fp16). The prompt is read as written: diffusers gives
 "(word:1.2)" no special meaning, so neither does this tokenizer.
@@ -21,7 +24,7 @@ from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.kandinsky3 import t5 as T5
 from ..kandinsky_core.kandinsky3.pipeline import MAX_TOKENS
 from ..kandinsky_core.kandinsky3.tokenizer import load_tokenizer
-from .k3_model import MARKER, MASK, WEIGHT_DTYPES
+from .k3_model import HELD_TEXT_ENCODERS, MARKER, MASK, WEIGHT_DTYPES
 
 KEY = "kandinsky3"  # the token dict's key, as ComfyUI's tokenizers name theirs (e.g. "t5xxl")
 
@@ -52,9 +55,30 @@ class Kandinsky3TextModel(torch.nn.Module):
     def __init__(self, path=None, device="cpu", dtype=None, model_options={}, **kwargs):
         super().__init__()
         ops = model_options.get("custom_operations") or comfy.ops.manual_cast
-        self.transformer = T5.load_t5(path, dtype=dtype, device=device, operations=ops)
-        self.dtypes = {dtype or self.transformer.shared.weight.dtype, torch.float32}
+        self.load_t5 = lambda: T5.load_t5(path, dtype=dtype, device=device, operations=ops)
+        self.held = []  # the T5 on a CPU-only setup: a list, so that it is no submodule for ComfyUI to move or count
+        if model_options.get("kandinsky3_hold", mm.text_encoder_device().type == "cpu"):
+            self.hold()
+        else:
+            self.transformer = self.load_t5()
+        self.dtypes = {dtype or self.t5().shared.weight.dtype, torch.float32}
         self.execution_device = None  # set by the loader to the patcher's load device
+
+    def t5(self):
+        """The T5: the managed submodule, or the held one (loaded again if sampling freed it)."""
+        return self.transformer if "transformer" in self._modules else self.hold()
+
+    def hold(self):
+        """Load the T5 into RAM unless it is there, until sampling starts."""
+        if not self.held:
+            self.held.append(self.load_t5())
+            HELD_TEXT_ENCODERS.add(self)
+        return self.held[0]
+
+    def release(self):
+        """Free the held T5 (sampling needs the RAM)."""
+        self.held.clear()
+        HELD_TEXT_ENCODERS.discard(self)
 
     def reset_clip_options(self):
         """No CLIP options (layer choice, projection) apply to a T5."""
@@ -74,7 +98,7 @@ class Kandinsky3TextModel(torch.nn.Module):
         mask = torch.zeros((1, MAX_TOKENS), dtype=torch.long)
         ids[0, :len(tokens)], mask[0, :len(tokens)] = torch.tensor(tokens), 1
         with torch.no_grad():
-            hidden = self.transformer(ids.to(device), mask.to(device), dtype=torch.float32)
+            hidden = self.t5()(ids.to(device), mask.to(device), dtype=torch.float32)
         hidden = hidden.masked_fill(mask.to(device)[..., None] == 0, 0)[:, :len(tokens) + 1]
         hidden = images.check_finite(hidden, "The Kandinsky 3 text encoder's output")
         out = mm.intermediate_device()
@@ -92,8 +116,9 @@ def text_encoder_folder(folder):
     return parts
 
 
-def load_clip(folder, weight_dtype="default"):
-    """The T5 and tokenizer of a kandinsky-3 folder as a ComfyUI CLIP, weights stored in `weight_dtype`."""
+def load_clip(folder, weight_dtype="default", hold=None):
+    """The T5 and tokenizer of a kandinsky-3 folder as a ComfyUI CLIP, weights stored in `weight_dtype`; `hold`: keep
+    the T5 in RAM only until sampling (default: when ComfyUI runs the text encoder on the CPU)."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
     encoder, tokenizer_folder = text_encoder_folder(folder)
@@ -109,7 +134,7 @@ def load_clip(folder, weight_dtype="default"):
             return Kandinsky3Tokenizer(tokenizer, **kwargs)
 
     dtype = WEIGHT_DTYPES[weight_dtype]
-    options = {} if dtype is None else {"dtype": dtype}
+    options = ({} if dtype is None else {"dtype": dtype}) | ({} if hold is None else {"kandinsky3_hold": hold})
     params = sum(p.numel() for p in T5.T5Encoder(config, device="meta").parameters())
     clip = comfy.sd.CLIP(Target, parameters=params, model_options=options)
     clip.cond_stage_model.execution_device = clip.patcher.load_device

@@ -298,3 +298,24 @@ def test_foreign_conditioning_is_named(pack, shape, extra, words):
     assert type(error.value).__name__ == "KandinskyError"
     for word in words:
         assert word in str(error.value), str(error.value)
+
+
+def test_cpu_t5_is_held_until_sampling_and_reloaded(pack, comfy):
+    """On the CPU the T5 is no ComfyUI-managed submodule: held from loading, freed when sampling starts, loaded again
+    by the next encode (same states); with hold=False it is the patcher's, as on a GPU."""
+    from kandinsky_pack.nodes import k3_text
+
+    folder = str(comfy.base_dir / "models" / "kandinsky" / K3)
+    held, managed = k3_text.load_clip(folder), k3_text.load_clip(folder, hold=False)
+    assert held.cond_stage_model.held and held.patcher.model_size() == 0
+    assert not managed.cond_stage_model.held and managed.patcher.model_size() > 0
+    assert held.cond_stage_model in pack.HELD_TEXT_ENCODERS and managed.cond_stage_model not in pack.HELD_TEXT_ENCODERS
+    reference = managed.encode_from_tokens(managed.tokenize(PROMPT), return_dict=True)
+    first = held.encode_from_tokens(held.tokenize(PROMPT), return_dict=True)
+    pack.release_text_encoders()
+    assert not held.cond_stage_model.held and held.cond_stage_model not in pack.HELD_TEXT_ENCODERS
+    again = held.encode_from_tokens(held.tokenize(PROMPT), return_dict=True)
+    assert held.cond_stage_model.held
+    for out in (first, again):
+        assert torch.equal(out["cond"], reference["cond"]) and torch.equal(out["attention_mask"], reference["attention_mask"])
+    pack.release_text_encoders()
