@@ -161,13 +161,21 @@ def _theirs_component(cls):
     return load
 
 
+def _preload(cls):
+    """Import diffusers' lazily imported `cls` before the timing starts (either side would otherwise pay it)."""
+    def preload():
+        import diffusers
+        getattr(diffusers, cls)
+    return preload
+
+
 # What to benchmark: one entry per model, so another family (Kandinsky 3: UNet, T5) adds rows by adding entries. Each
 # names its folder (a key of the folders write_weights returns) and how either side loads it from a path in there.
 MODELS = {
     "2.2 UNet": {"folder": "decoder", "path": "unet", "ours": _ours_component("unet"),
-                 "theirs": _theirs_component("UNet2DConditionModel")},
+                 "theirs": _theirs_component("UNet2DConditionModel"), "preload": _preload("UNet2DConditionModel")},
     "2.2 prior": {"folder": "prior", "path": "prior", "ours": _ours_component("prior"),
-                  "theirs": _theirs_component("PriorTransformer")},
+                  "theirs": _theirs_component("PriorTransformer"), "preload": _preload("PriorTransformer")},
     # fp16 files: their own load cases; "preload" imports what a side would otherwise import inside its timing
     "3 UNet": {"folder": "k3", "path": "unet", "ours": bench_k3.ours_unet, "theirs": bench_k3.theirs_unet,
                "cases": bench_k3.load_cases, "preload": bench_k3.preload},

@@ -35,8 +35,8 @@ HELD_TEXT_ENCODERS = weakref.WeakSet()
 
 
 def release_text_encoders():
-    """Free the weights of the T5s a CPU-only setup holds, so the 8.7 B encoder and the UNet never share the RAM (the
-    next new prompt loads them again); then hand the freed heap back to the system (glibc keeps it otherwise)."""
+    """Free the weights of the T5s a CPU-only setup holds, so that sampling runs without them in RAM (the next new
+    prompt loads them again); then hand the freed heap back to the system (glibc keeps it otherwise)."""
     if not HELD_TEXT_ENCODERS:
         return
     for encoder in list(HELD_TEXT_ENCODERS):

@@ -4,7 +4,7 @@
 model behind a ModelPatcher (low-VRAM partial loading; the T5 leaves the compute device when the UNet needs the room).
 On a CPU-only setup there is no other device to leave for: there the T5 is not a submodule ComfyUI manages but is held
 in RAM from loading until sampling starts, then freed (k3_model.release_text_encoders), and loaded again by the next
-encode of a new prompt — so the 8.7 B encoder and the 3 B UNet are never in RAM together.
+encode of a new prompt — so sampling and decoding run without the 8.7 B encoder in RAM.
 The T5 is the core's, built with `comfy.ops` so its weights can be stored in fp8 and cast layer by layer; it computes
 in fp32, as ComfyUI's own T5 does (Flan-UL2 overflows fp16). The prompt is read as written: diffusers gives
 "(word:1.2)" no special meaning, so neither does this tokenizer.

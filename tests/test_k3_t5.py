@@ -6,6 +6,7 @@ built on the meta device.
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -224,7 +225,7 @@ def xxl_config(**changes):
 
 
 @pytest.mark.parametrize("config, message", [
-    (xxl_config(), "not the Kandinsky 3 Flan-UL2 encoder.*4096/64/64/10240/24"),
+    (xxl_config(), "not the Kandinsky 3 Flan-UL2 encoder.*4096/64/64/10240"),
     (xxl_config(feed_forward_proj="gated-gelu"), "gated-gelu.*not the Kandinsky 3 Flan-UL2"),
     ({"model_type": "xlm-roberta", "hidden_size": 1024, "numDims": 768}, "not a T5 config"),
 ])
@@ -232,6 +233,13 @@ def test_other_text_encoders_are_refused(tmp_path, config, message):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(KandinskyError, match=message):
         T5.load_t5(str(tmp_path))
+
+
+def test_block_shape_not_count_identifies_flan_ul2():
+    """A block count other than 32 (a benchmark's one-block stand-in) passes; loading checks it against the weights."""
+    assert T5.check_flan_ul2(replace(T5.FLAN_UL2, num_layers=1)).num_layers == 1
+    with pytest.raises(KandinskyError, match="4096/16/256/10240"):
+        T5.check_flan_ul2(replace(T5.FLAN_UL2, d_ff=10240))
 
 
 def test_wrong_width_found_from_shapes():
