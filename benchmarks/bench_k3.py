@@ -138,7 +138,8 @@ def save(spec, what, out):
 
 def compare(spec, what):
     """'bit-exact', or the relative L2 distance of our output to the oracle's (both read from the children's files)."""
-    ours, theirs = (torch.load(output_file({**spec, "side": side}, what)) for side in ("ours", "theirs"))
+    ours, theirs = (torch.load(output_file({**spec, "side": side}, what), weights_only=True)
+                    for side in ("ours", "theirs"))
     if torch.equal(ours, theirs):
         return "bit-exact"
     ours, theirs, oracle = ours.float(), theirs.float(), ORACLE[spec["task"]]

@@ -45,7 +45,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "benchmark
 
 from comfy_server import COMFYUI_DIR, COMFYUI_PYTHON, REPO, ComfyServer  # noqa: E402
 from graphs import Graph  # noqa: E402
-from k3_memory import random_tensor, write_module, write_t5  # noqa: E402
+from k3_memory import node_durations, random_tensor, write_module, write_t5  # noqa: E402
 
 from kandinsky_core import schedulers  # noqa: E402
 from kandinsky_core.config import to_dict  # noqa: E402
@@ -198,8 +198,7 @@ class StampedMessages(list):
 def timings(stamped, nodes, posted):
     """Seconds: first step (from POST), UNet loader, text encoder loader + encode, step, from one prompt's
     (arrival time, message) pairs."""
-    starts = [(t, m["data"]["node"]) for t, m in stamped if m["type"] == "executing"]
-    took = {node: later - t for (t, node), (later, _) in zip(starts, starts[1:]) if node is not None}
+    took = node_durations(stamped)
     # Newer ComfyUI throttles progress messages (e.g. steps 1 and 3 of 3): time per step from the step counts.
     progress = [(t, m["data"]["value"]) for t, m in stamped
                 if m["type"] == "progress" and m["data"].get("node") == nodes["sampler"]]
@@ -213,21 +212,12 @@ def timings(stamped, nodes, posted):
             "unet_loader_s": took.get(nodes["unet"]), "step_s": step}
 
 
-class Server(ComfyServer):
-    """The test server, on the accelerator when there is one."""
-
-    cuda = False
-
-    def command(self):
-        cmd = super().command()
-        return [c for c in cmd if c != "--cpu"] if self.cuda else cmd
-
-
 def run(side, args, base, files, cold):
     """One prompt of `side` in a fresh server after setting the page cache; its timings."""
     set_page_cache(files["unet"] + files["text"], cold)
     prompt, nodes = workflow(side, args)
-    with Server(base, pack_dir=REPO, pack_name="comfyui-kandinsky2") as server, server.listen() as ws:
+    with ComfyServer(base, pack_dir=REPO, pack_name="comfyui-kandinsky2", cpu=not args.cuda) as server, \
+            server.listen() as ws:
         ws.messages = StampedMessages()
         posted = time.monotonic()
         prompt_id = server.queue(prompt)
@@ -282,7 +272,7 @@ def main():
     base = args.workdir + ("-tiny" if args.tiny and not args.workdir.endswith("-tiny") else "")
     models = os.path.join(base, "models")
     t = time.monotonic()
-    Server.cuda = write_core(models, args.tiny)
+    args.cuda = write_core(models, args.tiny)
     write_ours(os.path.join(models, "kandinsky", K3), args.tiny)
     files = {side: side_files(models, side, args.tiny) for side in ("ours", "core")}
     sizes = {side: sum(os.path.getsize(path) for path in paths["unet"]) / GB for side, paths in files.items()}
@@ -296,7 +286,7 @@ def main():
                 results[mode][side].append(r)
                 figures = ", ".join(f"{k} {v:.3f}" for k, v in r.items())
                 print(f"  {mode} {side}: {figures}", file=sys.stderr, flush=True)
-    print("\n".join(rows(results, args, sizes, Server.cuda)))
+    print("\n".join(rows(results, args, sizes, args.cuda)))
 
 
 if __name__ == "__main__":

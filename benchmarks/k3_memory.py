@@ -139,14 +139,10 @@ def run_comfyui(args, base, cuda):
     """The workflow on a ComfyUI server whose base directory is `base`; returns the measured figures."""
     from comfy_server import REPO, ComfyServer
 
-    class Server(ComfyServer):
-        def command(self):
-            cmd = super().command()
-            return [c for c in cmd if c != "--cpu"] + ["--lowvram"] if cuda else cmd
-
     prompt, nodes = workflow(args)
     names = node_names(prompt)
-    with Server(base, pack_dir=REPO, pack_name="comfyui-kandinsky2") as server, server.listen() as ws:
+    with ComfyServer(base, pack_dir=REPO, pack_name="comfyui-kandinsky2", cpu=not cuda,
+                     extra_args=["--lowvram"] if cuda else []) as server, server.listen() as ws:
         stamps, vram, seen, start, node, by_node = [], 0, 0, time.monotonic(), None, {}
         prompt_id = server.queue(prompt)
         while not ws.for_prompt(prompt_id, ("execution_success", "execution_error", "execution_interrupted")):
@@ -173,10 +169,15 @@ def run_comfyui(args, base, cuda):
                                          for n, r in by_node.items()})
 
 
+def node_durations(stamps):
+    """{node id: seconds} from one prompt's (arrival time, message) pairs: each `executing` message to the next."""
+    starts = [(t, m["data"]["node"]) for t, m in stamps if m["type"] == "executing"]
+    return {node: later - t for (t, node), (later, _) in zip(starts, starts[1:]) if node is not None}
+
+
 def figures(stamps, nodes, rss, vram):
     """Per-node durations from the `executing` messages, per-step time from the sampler's `progress` messages."""
-    starts = [(t, m["data"]["node"]) for t, m in stamps if m["type"] == "executing"]
-    duration = {node: later - t for (t, node), (later, _) in zip(starts, starts[1:]) if node is not None}
+    duration = node_durations(stamps)
     steps = [t for t, m in stamps if m["type"] == "progress" and m["data"]["node"] == nodes["sampler"]]
     per_step = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
     return {"peak_rss_gb": rss / GB, "load_s": sum(duration.get(n, 0) for n in nodes["loaders"]),

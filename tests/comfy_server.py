@@ -55,7 +55,7 @@ class ComfyServer:
     """One ComfyUI process on a free local port, with its own base directory (models, input, output, log)."""
 
     def __init__(self, base_dir=None, pack_dir=None, pack_name=None, comfyui_dir=COMFYUI_DIR, extra_args=(), env=None,
-                 python=COMFYUI_PYTHON, frontend=COMFYUI_FRONTEND):
+                 python=COMFYUI_PYTHON, frontend=COMFYUI_FRONTEND, cpu=True):
         self.comfyui_dir = Path(comfyui_dir)
         self.python = python
         self.frontend = Path(frontend) if frontend else None
@@ -63,6 +63,7 @@ class ComfyServer:
         self.pack_dir = Path(pack_dir) if pack_dir else None
         self.pack_name = pack_name or (self.pack_dir.name if self.pack_dir else None)
         self.extra_args = list(extra_args)
+        self.cpu = cpu  # False: ComfyUI picks the accelerator (benchmarks on a GPU)
         self.env = env or {}
         self.log_path = self.base_dir / "comfyui.log"
         self.client_id = uuid.uuid4().hex
@@ -75,9 +76,10 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self):
-        """The ComfyUI command line: CPU only, offline, nothing loaded but core nodes and the given pack."""
+        """The ComfyUI command line: CPU only (unless cpu=False), offline, nothing loaded but core nodes and the pack."""
         cmd = [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", *(["--cpu"] if self.cpu else []),
+            "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
             # The default database lives inside the ComfyUI tree; keep every write under the base directory.
             "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
