@@ -308,13 +308,19 @@ def load_component(path, kind, *, dtype=None, device="cpu", operations=nn):
     path = component_path(path, kind)
     config = read_config(path, kind)
     model = build(kind, config, operations=operations, dtype=dtype)
-    load_weights(model, weights_path(path), dtype=dtype, device=device)
+    reference = model if operations is nn else build(kind, config)
+    load_weights(model, weights_path(path), dtype=dtype, device=device, reference=reference)
     return model.eval()
 
 
-def load_weights(model, path, dtype=None, device="cpu"):
-    """Strictly load `path` into a (meta-built) model, naming missing, unexpected and mis-shaped tensors."""
-    expected = model.state_dict()
+def load_weights(model, path, dtype=None, device="cpu", reference=None):
+    """Strictly load `path` into a (meta-built) model, naming missing, unexpected and mis-shaped tensors.
+
+    The file is checked against `reference` (default: `model` itself), a plain torch build of the same config on the
+    meta device: layers from other `operations` may create their weights only when the state dict reaches them (as
+    ComfyUI's do under its dynamic VRAM loading), so their model lists no weights to compare with before loading.
+    """
+    expected = (model if reference is None else reference).state_dict()
     sd = {}
     for k, t in iter_tensors(path, dtype, device):
         if k in expected and tuple(expected[k].shape) != tuple(t.shape):
@@ -380,7 +386,8 @@ def load_mclip(folder, *, dtype=None, device="cpu", operations=nn):
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
     model = MultilingualCLIP(config, operations=operations, dtype=dtype, device="meta")
-    load_weights(model, weights_path(folder), dtype=dtype, device=device)
+    reference = model if operations is nn else MultilingualCLIP(config, device="meta")
+    load_weights(model, weights_path(folder), dtype=dtype, device=device, reference=reference)
     embeddings = model.transformer.embeddings  # index buffers are not saved in checkpoints: rebuild them
     positions = torch.arange(embeddings.position_ids.shape[-1], device=device).unsqueeze(0)
     embeddings.register_buffer("position_ids", positions, persistent=False)

@@ -1,7 +1,7 @@
 """The ComfyUI layer: node schemas and ComfyUI types over kandinsky_core; no model math here."""
 from comfy_api.latest import ComfyExtension
 
-from . import decoder_nodes, image_nodes, k3_nodes, loaders, lora, paths, prior_nodes
+from . import comfy_compat, decoder_nodes, image_nodes, k3_nodes, loaders, lora, paths, prior_nodes
 
 
 class KandinskyExtension(ComfyExtension):
@@ -16,4 +16,5 @@ async def comfy_entrypoint():
     """ComfyUI's V3 entry point."""
     paths.register()
     lora.install()
+    comfy_compat.use_comfy_attention()
     return KandinskyExtension()

@@ -5,6 +5,7 @@ import comfy.ops
 import torch
 
 from ..kandinsky_core import loading
+from .comfy_compat import model_patcher
 
 
 class Holder(torch.nn.Module):
@@ -41,7 +42,7 @@ class MoVQ:
 
     def __init__(self, model, load_device, offload_device):
         self.model = model
-        self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        self.patcher = model_patcher(model, load_device, offload_device)  # the class core's VAELoader uses
 
     @property
     def dtype(self):

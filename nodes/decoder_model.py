@@ -10,7 +10,6 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.ops
 import comfy.supported_models_base
 import comfy.utils
@@ -21,6 +20,7 @@ from ..kandinsky_core import schedulers as S
 from ..kandinsky_core.decoder_pipeline import unet_any_size
 from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.text_encoder import encode_text
+from .comfy_compat import model_patcher
 
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 DEFAULT_SCHEDULERS = {"2.1": S.KANDINSKY_2_1_DDIM, "2.2": S.KANDINSKY_2_2_DDPM}
@@ -145,8 +145,9 @@ def inpaint_concat(kwargs):
     return torch.cat([latents * keep, keep], dim=1)
 
 
-def load_decoder(path):
-    """(MODEL patcher, scheduler config) for a decoder repo folder or a single UNet file."""
+def load_decoder(path, model_options=None):
+    """(MODEL patcher, scheduler config) for a decoder repo folder or a single UNet file; `model_options` as core's
+    UNet loader takes them ("custom_operations": the layer classes, e.g. a quantised-weight pack's)."""
     unet_path = loading.component_path(path, "unet")
     config = loading.read_config(unet_path, "unet")
     weights = loading.weights_path(unet_path)
@@ -156,8 +157,8 @@ def load_decoder(path):
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
     model_config = KandinskyModelConfig(KandinskyModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
-    ops = comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
-    unet = loading.load_weights(loading.build("unet", config, operations=ops, dtype=dtype), weights, dtype=dtype, device=offload)
+    ops = (model_options or {}).get("custom_operations") or comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
+    unet = loading.load_component(unet_path, "unet", dtype=dtype, device=offload, operations=ops)
     text_encoder = tokenizer = None
     if config.variant.startswith("2.1"):
         if not os.path.isdir(path):
@@ -167,4 +168,4 @@ def load_decoder(path):
         tokenizer = loading.load_tokenizer(os.path.join(path, "tokenizer"), "xlmr")
     scheduler = loading.read_scheduler_config(path) if os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")) else None
     model = KandinskyDecoder(model_config, unet.eval(), text_encoder, tokenizer, scheduler, device=offload)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
+    return model_patcher(model, load_device, offload)

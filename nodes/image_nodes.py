@@ -10,6 +10,7 @@ from ..kandinsky_core import depth, images, tiling
 from ..kandinsky_core.decoder_pipeline import latent_keep_mask
 from ..kandinsky_core.errors import KandinskyError
 from . import paths, progress, types
+from .comfy_compat import is_oom
 from .depth_component import load_depth
 
 FALLBACK_TILE = 512  # tile side in pixels when a whole decode or encode runs out of memory
@@ -67,7 +68,9 @@ def encode(movq, image, node_id=None):
     x = x.to(movq.patcher.load_device, movq.dtype)
     try:
         return model.encode(x).to(mm.intermediate_device(), torch.float32)
-    except mm.OOM_EXCEPTION:
+    except Exception as err:  # noqa: BLE001 (is_oom decides; anything else goes on up)
+        if not is_oom(err):
+            raise
         logging.warning("Kandinsky MoVQ Encode ran out of memory on the whole image; encoding %d-pixel tiles.",
                         FALLBACK_TILE)
     # Outside the except block, so the failed attempt's tensors are released before the retry.
@@ -93,7 +96,9 @@ def decode(movq, z, tile_size=0, node_id=None):
     if tile_size == 0:
         try:
             return comfy_image(images.postprocess(model.decode(z), "pt"))
-        except mm.OOM_EXCEPTION:
+        except Exception as err:  # noqa: BLE001 (is_oom decides; anything else goes on up)
+            if not is_oom(err):
+                raise
             logging.warning("Kandinsky MoVQ Decode ran out of memory on the whole image; decoding %d-pixel tiles.",
                             FALLBACK_TILE)
         mm.soft_empty_cache()  # outside the except block, so the failed attempt's tensors are gone

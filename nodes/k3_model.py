@@ -12,7 +12,6 @@ import weakref
 import comfy.conds
 import comfy.model_base
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.ops
 import comfy.supported_models_base
 import torch
@@ -22,6 +21,7 @@ from ..kandinsky_core import schedulers as S
 from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.kandinsky3 import loading as K3L
 from . import paths
+from .comfy_compat import model_patcher
 from .decoder_model import KandinskyLatent
 
 SUPPORTED_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -134,8 +134,9 @@ def check_conditioning(hidden, extra, width, node):
     return hidden, mask.float()
 
 
-def load_unet(folder, weight_dtype="default"):
-    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device."""
+def load_unet(folder, weight_dtype="default", model_options=None):
+    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device;
+    `model_options` as core's UNet loader takes them ("custom_operations": e.g. a quantised-weight pack's layers)."""
     if weight_dtype not in WEIGHT_DTYPES:  # ComfyUI 0.3.75 does not check V3 combo values
         raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
     if not paths.is_kandinsky3(folder):
@@ -148,10 +149,11 @@ def load_unet(folder, weight_dtype="default"):
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
     model_config = Kandinsky3ModelConfig(Kandinsky3ModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
-    ops = without_weightless_casts(comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device))
+    ops = (model_options or {}).get("custom_operations") or comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
+    ops = without_weightless_casts(ops)
     unet = K3L.load_unet(folder, dtype=dtype, device=offload, operations=ops)
     scheduler = None
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):
         scheduler = loading.read_scheduler_config(folder)
     model = Kandinsky3(model_config, unet.eval(), scheduler, device=offload)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
+    return model_patcher(model, load_device, offload)

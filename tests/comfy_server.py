@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", REPO / ".comfyui" / "ComfyUI"))
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 COMFYUI_FRONTEND = os.environ.get("COMFYUI_FRONTEND") or None
+# COMFYUI_DYNAMIC_VRAM=1: servers start through dynamic_vram_main.py, with ComfyUI's DynamicVRAM weight path forced on.
+DYNAMIC_VRAM = os.environ.get("COMFYUI_DYNAMIC_VRAM") == "1"
+LAUNCHER = Path(__file__).resolve().parent / "dynamic_vram_main.py"
 
 # Websocket message types that end a prompt's execution.
 TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
@@ -55,7 +58,7 @@ class ComfyServer:
     """One ComfyUI process on a free local port, with its own base directory (models, input, output, log)."""
 
     def __init__(self, base_dir=None, pack_dir=None, pack_name=None, comfyui_dir=COMFYUI_DIR, extra_args=(), env=None,
-                 python=COMFYUI_PYTHON, frontend=COMFYUI_FRONTEND, cpu=True):
+                 python=COMFYUI_PYTHON, frontend=COMFYUI_FRONTEND, cpu=True, dynamic_vram=DYNAMIC_VRAM):
         self.comfyui_dir = Path(comfyui_dir)
         self.python = python
         self.frontend = Path(frontend) if frontend else None
@@ -64,6 +67,7 @@ class ComfyServer:
         self.pack_name = pack_name or (self.pack_dir.name if self.pack_dir else None)
         self.extra_args = list(extra_args)
         self.cpu = cpu  # False: ComfyUI picks the accelerator (benchmarks on a GPU)
+        self.dynamic_vram = dynamic_vram  # True: start through dynamic_vram_main.py (a CPU stand-in for NVIDIA)
         self.env = env or {}
         self.log_path = self.base_dir / "comfyui.log"
         self.client_id = uuid.uuid4().hex
@@ -78,7 +82,7 @@ class ComfyServer:
     def command(self):
         """The ComfyUI command line: CPU only (unless cpu=False), offline, nothing loaded but core nodes and the pack."""
         cmd = [
-            self.python, "main.py", *(["--cpu"] if self.cpu else []),
+            self.python, str(LAUNCHER) if self.dynamic_vram else "main.py", *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
             # The default database lives inside the ComfyUI tree; keep every write under the base directory.

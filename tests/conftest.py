@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import sys
@@ -70,6 +71,22 @@ def comfyui_in_process():
     if str(COMFYUI_DIR) not in sys.path:
         sys.path.append(str(COMFYUI_DIR))
     return COMFYUI_DIR
+
+
+@pytest.fixture(scope="session")
+def kandinsky_pack(comfyui_in_process):
+    """This repository imported in the test process as the package `kandinsky_pack` (ComfyUI on the CPU), so tests can
+    call the node layer's functions with ComfyUI's real objects."""
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    if "kandinsky_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("kandinsky_pack", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["kandinsky_pack"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["kandinsky_pack"]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from comfy_server import PromptError
+from comfy_server import DYNAMIC_VRAM, PromptError
 
 
 def empty_image_prompt(width, height, prefix):
@@ -65,3 +65,11 @@ def test_object_info_and_frontend(comfy):
         comfy.object_info("NoSuchNode")
     with urllib.request.urlopen(comfy.url + "/", timeout=10) as response:
         assert b"<html" in response.read().lower()
+
+
+@pytest.mark.skipif(not DYNAMIC_VRAM, reason="COMFYUI_DYNAMIC_VRAM=1 runs the servers with DynamicVRAM forced on")
+def test_dynamic_vram_weight_path_is_on(comfy):
+    """The session whose servers run through dynamic_vram_main.py really has DynamicVRAM's lazily allocating layers
+    and its patcher class in the server process (the launcher says so once both are set)."""
+    log = comfy.log_path.read_text(errors="replace")
+    assert "dynamic_vram_main: DynamicVRAM weight path on" in log, log[-2000:]

@@ -83,7 +83,8 @@ def load_unet(path, *, dtype=None, device="cpu", operations=nn):
     except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as err:
         raise KandinskyError(f"{path}: the UNet config describes a model that cannot be built ({err}); copy config.json "
                              "again from kandinsky-community/kandinsky-3.") from None
-    return L.load_weights(model, L.weights_path(path), dtype=dtype, device=device).eval()
+    reference = model if operations is nn else UNet(config, device="meta")
+    return L.load_weights(model, L.weights_path(path), dtype=dtype, device=device, reference=reference).eval()
 
 
 def load_movq(path, *, dtype=None, device="cpu", operations=nn):

@@ -312,8 +312,8 @@ def read_tensors(files, dtype, device):
     return sd
 
 
-def _fill(model, sd, where):
-    expected = model.state_dict()
+def _fill(model, sd, where, reference):
+    expected = reference.state_dict()  # a plain build: lazily allocating `operations` list no weights before loading
     for key, t in sd.items():
         if key in expected and tuple(expected[key].shape) != tuple(t.shape):
             raise KandinskyError(f"{where}: tensor {key} has shape {tuple(t.shape)} but the config says "
@@ -340,4 +340,5 @@ def load_t5(path, *, dtype=None, device="cpu", operations=nn):
     config = read_t5_config(path)
     files = shard_files(_weights_file(path) if os.path.isdir(path) else path)
     model = T5Encoder(config, operations=operations, device="meta")
-    return _fill(model, read_tensors(files, dtype, device), path).eval().requires_grad_(False)
+    reference = model if operations is nn else T5Encoder(config, device="meta")
+    return _fill(model, read_tensors(files, dtype, device), path, reference).eval().requires_grad_(False)
