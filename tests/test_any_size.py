@@ -94,11 +94,29 @@ def text_to_image(models, cond, rows, shared_noise, seed=1):
                                   shared_noise=shared_noise)
 
 
+def rows_apart(latents):
+    """How far the rows of a batch lie from its first row: the largest absolute difference."""
+    return max(float((latents[0] - row).abs().max()) for row in latents[1:])
+
+
+def assert_rows_differ_only_by_embedding(sample):
+    """`sample(same_embedding, shared_noise)` gives a batch of latents. With one embedding and shared noise the rows
+    are the same computation in different batch positions, and the CPU's batched kernels (oneDNN convolutions, GEMM
+    blocking) may round each position differently: so they must agree to rounding, which is judged against what a
+    different embedding or each row's own noise does to the rows, not bit for bit."""
+    same = rows_apart(sample(True, True))
+    by_embedding, by_noise = rows_apart(sample(False, True)), rows_apart(sample(True, False))
+    assert same < 1e-3 * min(by_embedding, by_noise), (
+        f"rows with one embedding and shared noise differ by {same:.3g}; a different embedding moves them by "
+        f"{by_embedding:.3g}, each row's own noise by {by_noise:.3g}")
+
+
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_shared_noise_gives_identical_embeddings_identical_latents(sampler):
     models = tiny_models(sampler=sampler)
+    assert_rows_differ_only_by_embedding(
+        lambda same, shared_noise: text_to_image(models, embeddings(models, 3, same), 3, shared_noise))
     shared = text_to_image(models, embeddings(models, 3), 3, True)
-    assert all(torch.equal(shared[0], row) for row in shared[1:])
     # row 0 is what a batch of one gives for the same seed, stochastic steps (DDPM) included (up to batched rounding)
     torch.testing.assert_close(shared[:1], text_to_image(models, embeddings(models, 1), 1, False), rtol=1e-4, atol=1e-4)
 
@@ -114,12 +132,11 @@ def test_without_shared_noise_rows_differ_and_with_it_embeddings_still_count():
 def test_shared_noise_for_image_to_image_and_inpainting():
     models = tiny_models()
     init = torch.randn(1, 4, 5, 9).expand(3, -1, -1, -1)
-    run = dict(steps=2, generator=torch.Generator().manual_seed(2), shared_noise=True)
-    latents = D.sample_image_to_image(models, embeddings(models, 3), init, strength=1.0, **run)
-    assert all(torch.equal(latents[0], row) for row in latents[1:])
-    models = tiny_models(U.UNET_22_INPAINT_TINY)
+    run = lambda shared_noise: dict(steps=2, generator=torch.Generator().manual_seed(2), shared_noise=shared_noise)
+    assert_rows_differ_only_by_embedding(lambda same, shared_noise: D.sample_image_to_image(
+        models, embeddings(models, 3, same), init, strength=1.0, **run(shared_noise)))
+    inpaint = tiny_models(U.UNET_22_INPAINT_TINY)
     keep = torch.ones(1, 1, 5, 9)
     keep[..., 1:4, 2:6] = 0
-    run["generator"] = torch.Generator().manual_seed(2)
-    latents = D.sample_inpaint(models, embeddings(models, 3), init[:1], keep, (3, 4, 5, 9), **run)
-    assert all(torch.equal(latents[0], row) for row in latents[1:])
+    assert_rows_differ_only_by_embedding(lambda same, shared_noise: D.sample_inpaint(
+        inpaint, embeddings(inpaint, 3, same), init[:1], keep, (3, 4, 5, 9), **run(shared_noise)))

@@ -44,14 +44,20 @@ def test_movq_encode_centre_crops_like_vae_encode(comfy, ws):
     g = Graph()
     decoder, image = g.decoder(), scaled(g, g.load_image()[0], 100, 70)
     latent = g.add("Kandinsky2MoVQEncode", movq=decoder[1], image=image[0])
-    cropped = g.add("ImageCrop", image=image[0], width=96, height=64, x=2, y=3)  # what core VAE Encode keeps
-    latents = [g.save_latent(node[0], "habits_encode") for node in (latent, g.add("Kandinsky2MoVQEncode",
-                                                                                    movq=decoder[1], image=cropped[0]))]
+    # what core VAE Encode keeps (x=2, y=3), and the same crop one pixel to the right: what an off-by-one would give
+    crops = [g.add("ImageCrop", image=image[0], width=96, height=64, x=x, y=3) for x in (2, 3)]
+    encoded = [latent] + [g.add("Kandinsky2MoVQEncode", movq=decoder[1], image=crop[0]) for crop in crops]
+    latents = [g.save_latent(node[0], "habits_encode") for node in encoded]
     decoded = g.decode_and_save(decoder[1], latent[0], "habits_encode")
     entry, _ = run(comfy, ws, g)
-    odd, exact = (saved_latents(comfy, entry, node) for node in latents)
+    odd, exact, shifted = (saved_latents(comfy, entry, node) for node in latents)
     assert odd.shape == (1, 4, 8, 12)
-    assert (odd - exact).abs().max() == 0
+    # The same pixels reach the MoVQ by two routes (cropped after the conversion to MoVQ input, or before it), so the
+    # convolutions may see them in different memory layouts and round differently: equal to rounding, judged against
+    # what a crop one pixel off does.
+    same, off_by_one = float((odd - exact).abs().max()), float((odd - shifted).abs().max())
+    assert same < 1e-3 * off_by_one, (f"the centre crop's latents differ by {same:.3g}, those of a crop one pixel "
+                                      f"off by {off_by_one:.3g}")
     check_images(saved(comfy, entry, decoded), 1, 64, 96)
 
 
@@ -98,12 +104,22 @@ def test_shared_noise_makes_frames_differ_only_by_their_embedding(comfy, ws):
     frames_saved = g.decode_and_save(decoder[1], samplers["path"][0], "habits_noise_path")
     entry, _ = run(comfy, ws, g)
     got = {name: saved_latents(comfy, entry, node) for name, node in latents.items()}
-    # Compared as latents: the MoVQ's batched CPU convolutions may round one pixel of identical rows differently.
-    assert all(torch.equal(got["shared"][0], row) for row in got["shared"]), "same embedding, same noise: same frame"
-    assert (got["own"][0] - got["own"][1]).abs().max() > 0.1, "without shared noise each frame has its own noise"
+    apart = lambda x, y: float((x - y).abs().max())
+    by_noise, by_embedding = apart(got["own"][0], got["own"][1]), apart(got["path"][0], got["path"][-1])
+    assert by_noise > 0.1, "without shared noise each frame has its own noise"
+    assert by_embedding > 1e-3, "the embedding still changes the frames"
+    # Compared as latents, and to rounding: identical rows in different batch positions go through batched CPU
+    # kernels (the UNet's and MoVQ's oneDNN convolutions) that may round each position differently.
+    same = max(apart(got["shared"][0], row) for row in got["shared"][1:])
+    assert same < 1e-3 * min(by_noise, by_embedding), (
+        f"same embedding, same noise: the frames differ by {same:.3g}; a different embedding moves them by "
+        f"{by_embedding:.3g}, each frame's own noise by {by_noise:.3g}")
+    # The same run as "own" (off is the default): same computation, same data, same shapes, so bit for bit.
     assert torch.equal(got["own"], got["default"]), "off must keep the results without it"
-    assert torch.equal(got["path"][0], got["shared"][0]), "frame 0 is embedding a either way"
-    assert (got["path"][0] - got["path"][-1]).abs().max() > 1e-3, "the embedding still changes the frames"
+    # Frame 0 has embedding a in both batches, but the other rows differ, so it is held to rounding as well.
+    first = apart(got["path"][0], got["shared"][0])
+    assert first < 1e-3 * by_embedding, (f"frame 0 is embedding a either way: it differs by {first:.3g}, a different "
+                                         f"embedding moves frames by {by_embedding:.3g}")
     check_images(saved(comfy, entry, frames_saved), frames)
 
 
