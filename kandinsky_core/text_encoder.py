@@ -10,6 +10,7 @@ from torch import nn
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from .errors import KandinskyError
+from .prompts import encodable
 
 MAX_TOKENS = 77  # both Kandinsky tokenizers pad / truncate to 77
 
@@ -56,6 +57,7 @@ class MultilingualCLIP(nn.Module):
 
 
 def _tokenize(tokenizer, prompts, **kwargs):
+    prompts = [encodable(p) for p in prompts] if isinstance(prompts, (list, tuple)) else encodable(prompts)
     return tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt",
                      **kwargs)
 

@@ -16,6 +16,7 @@ import re
 import torch
 
 from ..errors import KandinskyError
+from ..prompts import encodable
 
 MAX_LENGTH = 128  # the pipelines' prompt length
 EXTRA_IDS = 100  # T5's sentinel tokens <extra_id_0..99>, numbered down from the top of the vocabulary
@@ -53,8 +54,8 @@ class T5Tokenizer:
         self.pattern = re.compile("|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)))
 
     def encode(self, text):
-        """The ids of `text` without end-of-sequence token, padding or truncation."""
-        ids, start = [], 0
+        """The ids of `text` without end-of-sequence token, padding or truncation (lone surrogates read as U+FFFD)."""
+        text, ids, start = encodable(text), [], 0
         for match in self.pattern.finditer(text):
             ids += self.sp.encode(text[start:match.start()])
             ids.append(self.special[match.group()])
