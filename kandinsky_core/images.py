@@ -1,14 +1,19 @@
 """Image-side helpers of the Kandinsky pipelines: sizes, pre/post-processing, inpaint masks, CLIP pixel values.
 
-Plain functions over PIL images, numpy arrays and torch tensors (kandinsky_tech.md §3.6, §3.8, §3.9, §4.6). They
-reproduce diffusers' Kandinsky helpers, with these deliberate differences:
+Plain functions over PIL images, numpy arrays and torch tensors. They reproduce diffusers' Kandinsky helpers
+(`downscale_height_and_width`, `prepare_mask_and_masked_image` and `prepare_mask` in
+diffusers/src/diffusers/pipelines/kandinsky2_2/pipeline_kandinsky2_2_inpainting.py, the img2img pipelines' image
+processing), with these deliberate differences:
 
 * Sizes are never rounded. `check_size` rejects a height or width that is not a multiple of 64, where diffusers
-  silently renders the next larger size (quirk 4), so users get exactly the size they ask for.
+  silently renders the next larger size (its `downscale_height_and_width` rounds up), so users get exactly the size
+  they ask for.
 * `preprocess_image(image, height, width)` takes height and width in that order; diffusers' img2img pipelines pass
-  them swapped (quirk 2). For square sizes the result equals diffusers'.
+  them swapped (`image_processor.preprocess(i, width, height)` against `preprocess(image, height, width)`). For square
+  sizes the result equals diffusers'.
 * `postprocess(..., "pt")` always returns [0, 1]; diffusers returns the raw [-1, 1] decoder output for
-  text-to-image and inpainting but [0, 1] for img2img (quirk 8).
+  text-to-image and inpainting (only "np" and "pil" are rescaled) but [0, 1] for img2img (its VaeImageProcessor
+  rescales "pt" too).
 * Numpy arrays mean the same thing everywhere: uint8 is 0..255, floating is 0..1 (uint8 tensors are 0..255 too).
   diffusers' inpaint helper reads numpy images as 0..255 whatever their dtype, its image processor as 0..1.
 * The image and mask tensors the preprocessing returns are float32, on the device of the input.
@@ -22,7 +27,8 @@ from PIL import Image
 
 from .errors import KandinskyError
 
-# Published `image_processor/preprocessor_config.json` of both Kandinsky priors (§2.5).
+# Published `image_processor/preprocessor_config.json` of both Kandinsky priors (kandinsky-community/kandinsky-2-1-prior
+# and kandinsky-2-2-prior on the Hugging Face hub; the two files are the same).
 KANDINSKY_CLIP_PREPROCESSOR = {
     "crop_size": 224,
     "do_center_crop": True,
@@ -45,7 +51,7 @@ _HOLE_NEIGHBOURS = ((1, 1, 0), (1, 0, 1), (0, 1, 1))
 
 
 def latent_size(height, width, scale_factor=8):
-    """Latent (height, width) diffusers uses for an image request: each side rounded up to scale_factor**2 (§3.8)."""
+    """Latent (height, width) diffusers uses for an image request: each side rounded up to scale_factor**2."""
     # The same factor counts twice: the MoVQ downsamples by it and the UNet needs latent sides divisible by it.
     block = scale_factor**2
     return -(-height // block) * scale_factor, -(-width // block) * scale_factor
@@ -98,9 +104,9 @@ def preprocess_image(image, height, width):
 def prepare_mask_and_masked_image(image, mask, height, width):
     """Inpaint inputs → (mask (B, 1, H, W) with 1 = keep, image (B, 3, H, W) in [-1, 1]), as diffusers' helper.
 
-    The user's mask is white/1 = repaint. It is binarized at 0.5 and inverted (§3.6). The image comes back unmasked:
-    the pipeline masks it after encoding, in latent space. PIL images and masks are resized to height x width
-    (bicubic, Lanczos); arrays and tensors must already have that size. Tensor images are read as [-1, 1]
+    The user's mask is white/1 = repaint. It is binarized at 0.5 and inverted (the UNet reads 1 = keep). The image
+    comes back unmasked: the pipeline masks it after encoding, in latent space. PIL images and masks are resized to
+    height x width (bicubic, Lanczos); arrays and tensors must already have that size. Tensor images are read as [-1, 1]
     (diffusers' convention), numpy images as 0..255 (uint8) or [0, 1] (float); masks as [0, 1] (or uint8 0..255).
     Masks may be (H, W), (1, H, W), (B, H, W) or (B, 1, H, W); one mask may serve a whole batch of images.
     """

@@ -1,7 +1,8 @@
 """Kandinsky 2.2 LoRAs: read both file namings, tell what a file is for, merge it into a model and take it out again.
 
-Files come from diffusers' Kandinsky 2.2 example trainers (diffusers 0.22-0.25) and from trainers that copied their
-format (kandinsky_tech.md §7); the same low-rank pairs appear under two namings:
+Files come from diffusers' Kandinsky 2.2 example trainers (diffusers 0.22-0.25:
+diffusers/examples/kandinsky2_2/text_to_image/train_text_to_image_lora_{decoder,prior}.py) and from trainers that
+copied their format; the same low-rank pairs appear under two namings:
 - attn-procs: `<module>.processor.to_q_lora.down.weight` / `.up.weight` (to_q, to_k, to_v, to_out; decoder files may
   add add_k_proj / add_v_proj);
 - PEFT, as current diffusers converts them: `<module>.to_q.lora_A.weight` (down) / `.lora_B.weight` (up) with `to_out.0`,

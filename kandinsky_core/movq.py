@@ -1,8 +1,9 @@
-"""MoVQ, the image autoencoder of Kandinsky 2.1 and 2.2 (diffusers `VQModel` with `norm_type="spatial"`).
+"""MoVQ, the image autoencoder of Kandinsky 2.1, 2.2 and 3 (diffusers `VQModel` with `norm_type="spatial"`).
 
 The encoder is a plain VQGAN encoder. The decoder is "MoVQ" (https://arxiv.org/abs/2209.09002): every normalisation is
 a SpatialNorm whose scale and shift are predicted from the latent itself, so the latent conditions the whole decoder.
-Module names follow diffusers, so its `movq/diffusion_pytorch_model.safetensors` loads with `strict=True`.
+Kandinsky 3 uses the same network at twice the width (`MOVQ_K3`). Module names follow diffusers, so its
+`movq/diffusion_pytorch_model.safetensors` loads with `strict=True`.
 """
 from dataclasses import dataclass, replace
 
@@ -87,48 +88,32 @@ MOVQ_TINY = MoVQConfig(
     layers_per_block=1, latent_channels=4, norm_num_groups=8, num_vq_embeddings=12, vq_embed_dim=4,
     norm_type="spatial",
 )
-
-
-class LayerFactory:
-    """Builds every parametrised layer through `operations` with one dtype/device (ComfyUI's ops plug in here)."""
-
-    def __init__(self, operations, dtype, device):
-        self.operations, self.kw = operations, {"dtype": dtype, "device": device}
-
-    def conv(self, in_channels, out_channels, kernel_size, **kwargs):
-        """A Conv2d."""
-        return self.operations.Conv2d(in_channels, out_channels, kernel_size, **kwargs, **self.kw)
-
-    def group_norm(self, groups, channels):
-        """A GroupNorm with the VQGAN's eps."""
-        return self.operations.GroupNorm(groups, channels, eps=EPS, **self.kw)
-
-    def linear(self, in_features, out_features):
-        """A Linear with bias."""
-        return self.operations.Linear(in_features, out_features, **self.kw)
-
-    def embedding(self, num, dim):
-        """An Embedding table."""
-        return self.operations.Embedding(num, dim, **self.kw)
+# The tiny MoVQ of the tiny checkpoints (tiny.py, kandinsky3/tiny.py): it halves three times like the published ones,
+# so their latents are 1/8 of the image size too.
+MOVQ_TINY8 = replace(MOVQ_TINY, block_out_channels=(32, 32, 64, 64),
+                     down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+                     up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3)
 
 
 class SpatialNorm(torch.nn.Module):
     """GroupNorm whose per-pixel scale and shift come from the latent `zq`, resized to the feature map."""
 
-    def __init__(self, channels, zq_channels, ops):
+    def __init__(self, channels, zq_channels, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
-        self.norm_layer = ops.group_norm(SPATIAL_NORM_GROUPS, channels)
-        self.conv_y = ops.conv(zq_channels, channels, 1)
-        self.conv_b = ops.conv(zq_channels, channels, 1)
+        self.norm_layer = operations.GroupNorm(SPATIAL_NORM_GROUPS, channels, eps=EPS, dtype=dtype, device=device)
+        self.conv_y = operations.Conv2d(zq_channels, channels, 1, dtype=dtype, device=device)
+        self.conv_b = operations.Conv2d(zq_channels, channels, 1, dtype=dtype, device=device)
 
     def forward(self, x, zq):
         zq = F.interpolate(zq, size=x.shape[-2:], mode="nearest")
         return self.norm_layer(x) * self.conv_y(zq) + self.conv_b(zq)
 
 
-def make_norm(channels, groups, zq_channels, ops):
+def make_norm(channels, groups, zq_channels, *, operations=torch.nn, dtype=None, device=None):
     """SpatialNorm in the decoder (zq_channels given), plain GroupNorm in the encoder."""
-    return SpatialNorm(channels, zq_channels, ops) if zq_channels else ops.group_norm(groups, channels)
+    if zq_channels:
+        return SpatialNorm(channels, zq_channels, operations=operations, dtype=dtype, device=device)
+    return operations.GroupNorm(groups, channels, eps=EPS, dtype=dtype, device=device)
 
 
 def apply_norm(norm, x, zq):
@@ -139,13 +124,16 @@ def apply_norm(norm, x, zq):
 class ResBlock(torch.nn.Module):
     """norm, SiLU, conv3x3, norm, SiLU, conv3x3, plus a (1x1-projected when channels change) skip."""
 
-    def __init__(self, in_channels, out_channels, groups, zq_channels, ops):
+    def __init__(self, in_channels, out_channels, groups, zq_channels, *, operations=torch.nn, dtype=None,
+                 device=None):
         super().__init__()
-        self.norm1 = make_norm(in_channels, groups, zq_channels, ops)
-        self.conv1 = ops.conv(in_channels, out_channels, 3, padding=1)
-        self.norm2 = make_norm(out_channels, groups, zq_channels, ops)
-        self.conv2 = ops.conv(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = ops.conv(in_channels, out_channels, 1) if in_channels != out_channels else None
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        self.norm1 = make_norm(in_channels, groups, zq_channels, **kw)
+        self.conv1 = operations.Conv2d(in_channels, out_channels, 3, padding=1, dtype=dtype, device=device)
+        self.norm2 = make_norm(out_channels, groups, zq_channels, **kw)
+        self.conv2 = operations.Conv2d(out_channels, out_channels, 3, padding=1, dtype=dtype, device=device)
+        self.conv_shortcut = (operations.Conv2d(in_channels, out_channels, 1, dtype=dtype, device=device)
+                              if in_channels != out_channels else None)
 
     def forward(self, x, zq=None):
         h = self.conv1(F.silu(apply_norm(self.norm1, x, zq)))
@@ -157,16 +145,16 @@ class ResBlock(torch.nn.Module):
 class AttnBlock(torch.nn.Module):
     """Single-head self-attention over all pixels, with a residual; GroupNorm (encoder) or SpatialNorm (decoder)."""
 
-    def __init__(self, channels, groups, zq_channels, ops):
+    def __init__(self, channels, groups, zq_channels, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
         if zq_channels:
-            self.spatial_norm = SpatialNorm(channels, zq_channels, ops)
+            self.spatial_norm = SpatialNorm(channels, zq_channels, operations=operations, dtype=dtype, device=device)
         else:
-            self.group_norm = ops.group_norm(groups, channels)
-        self.to_q = ops.linear(channels, channels)
-        self.to_k = ops.linear(channels, channels)
-        self.to_v = ops.linear(channels, channels)
-        self.to_out = torch.nn.ModuleList([ops.linear(channels, channels)])
+            self.group_norm = operations.GroupNorm(groups, channels, eps=EPS, dtype=dtype, device=device)
+        self.to_q = operations.Linear(channels, channels, dtype=dtype, device=device)
+        self.to_k = operations.Linear(channels, channels, dtype=dtype, device=device)
+        self.to_v = operations.Linear(channels, channels, dtype=dtype, device=device)
+        self.to_out = torch.nn.ModuleList([operations.Linear(channels, channels, dtype=dtype, device=device)])
 
     def forward(self, x, zq=None):
         b, c, height, width = x.shape
@@ -182,9 +170,9 @@ class AttnBlock(torch.nn.Module):
 class Downsample(torch.nn.Module):
     """Halve H and W with a stride-2 conv3x3, padded on the right and bottom only (as the VQGAN was trained)."""
 
-    def __init__(self, channels, ops):
+    def __init__(self, channels, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
-        self.conv = ops.conv(channels, channels, 3, stride=2)
+        self.conv = operations.Conv2d(channels, channels, 3, stride=2, dtype=dtype, device=device)
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -193,9 +181,9 @@ class Downsample(torch.nn.Module):
 class Upsample(torch.nn.Module):
     """Double H and W: nearest-neighbour upscale, then conv3x3."""
 
-    def __init__(self, channels, ops):
+    def __init__(self, channels, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
-        self.conv = ops.conv(channels, channels, 3, padding=1)
+        self.conv = operations.Conv2d(channels, channels, 3, padding=1, dtype=dtype, device=device)
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -204,15 +192,17 @@ class Upsample(torch.nn.Module):
 class Block(torch.nn.Module):
     """One resolution level: ResBlocks (each followed by attention if `attn`), then an optional down- or upsampler."""
 
-    def __init__(self, in_channels, out_channels, layers, groups, attn, ops, zq_channels=None, resample=None):
+    def __init__(self, in_channels, out_channels, layers, groups, attn, zq_channels=None, resample=None, *,
+                 operations=torch.nn, dtype=None, device=None):
         super().__init__()
+        kw = dict(operations=operations, dtype=dtype, device=device)
         self.attentions = torch.nn.ModuleList(
-            AttnBlock(out_channels, groups, zq_channels, ops) for _ in range(layers if attn else 0))
+            AttnBlock(out_channels, groups, zq_channels, **kw) for _ in range(layers if attn else 0))
         self.resnets = torch.nn.ModuleList(
-            ResBlock(in_channels if i == 0 else out_channels, out_channels, groups, zq_channels, ops)
+            ResBlock(in_channels if i == 0 else out_channels, out_channels, groups, zq_channels, **kw)
             for i in range(layers))
-        self.downsamplers = torch.nn.ModuleList([Downsample(out_channels, ops)] if resample == "down" else [])
-        self.upsamplers = torch.nn.ModuleList([Upsample(out_channels, ops)] if resample == "up" else [])
+        self.downsamplers = torch.nn.ModuleList([Downsample(out_channels, **kw)] if resample == "down" else [])
+        self.upsamplers = torch.nn.ModuleList([Upsample(out_channels, **kw)] if resample == "up" else [])
 
     def forward(self, x, zq=None):
         for i, resnet in enumerate(self.resnets):
@@ -227,10 +217,12 @@ class Block(torch.nn.Module):
 class MidBlock(torch.nn.Module):
     """ResBlock, attention (unless disabled), ResBlock at the lowest resolution."""
 
-    def __init__(self, channels, groups, add_attention, ops, zq_channels=None):
+    def __init__(self, channels, groups, add_attention, zq_channels=None, *, operations=torch.nn, dtype=None,
+                 device=None):
         super().__init__()
-        self.attentions = torch.nn.ModuleList([AttnBlock(channels, groups, zq_channels, ops)] if add_attention else [])
-        self.resnets = torch.nn.ModuleList(ResBlock(channels, channels, groups, zq_channels, ops) for _ in range(2))
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        self.attentions = torch.nn.ModuleList([AttnBlock(channels, groups, zq_channels, **kw)] if add_attention else [])
+        self.resnets = torch.nn.ModuleList(ResBlock(channels, channels, groups, zq_channels, **kw) for _ in range(2))
 
     def forward(self, x, zq=None):
         x = self.resnets[0](x, zq)
@@ -242,17 +234,18 @@ class MidBlock(torch.nn.Module):
 class Encoder(torch.nn.Module):
     """Image (B, in_channels, H, W) -> latent (B, latent_channels, H/f, W/f)."""
 
-    def __init__(self, cfg, ops):
+    def __init__(self, cfg, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
+        kw = dict(operations=operations, dtype=dtype, device=device)
         channels, groups = cfg.block_out_channels, cfg.norm_num_groups
-        self.conv_in = ops.conv(cfg.in_channels, channels[0], 3, padding=1)
+        self.conv_in = operations.Conv2d(cfg.in_channels, channels[0], 3, padding=1, dtype=dtype, device=device)
         self.down_blocks = torch.nn.ModuleList(
-            Block(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block, groups, ENCODER_BLOCKS[kind], ops,
-                  resample="down" if i < len(channels) - 1 else None)
+            Block(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block, groups, ENCODER_BLOCKS[kind],
+                  resample="down" if i < len(channels) - 1 else None, **kw)
             for i, kind in enumerate(cfg.down_block_types))
-        self.mid_block = MidBlock(channels[-1], groups, cfg.mid_block_add_attention, ops)
-        self.conv_norm_out = ops.group_norm(groups, channels[-1])
-        self.conv_out = ops.conv(channels[-1], cfg.latent_channels, 3, padding=1)
+        self.mid_block = MidBlock(channels[-1], groups, cfg.mid_block_add_attention, **kw)
+        self.conv_norm_out = operations.GroupNorm(groups, channels[-1], eps=EPS, dtype=dtype, device=device)
+        self.conv_out = operations.Conv2d(channels[-1], cfg.latent_channels, 3, padding=1, dtype=dtype, device=device)
 
     def forward(self, x):
         x = self.conv_in(x)
@@ -265,17 +258,18 @@ class Encoder(torch.nn.Module):
 class Decoder(torch.nn.Module):
     """Latent (B, latent_channels, h, w) -> image (B, out_channels, h*f, w*f), every norm conditioned on `zq`."""
 
-    def __init__(self, cfg, ops):
+    def __init__(self, cfg, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
+        kw = dict(operations=operations, dtype=dtype, device=device)
         channels, zq = cfg.block_out_channels[::-1], cfg.latent_channels
-        self.conv_in = ops.conv(cfg.latent_channels, channels[0], 3, padding=1)
+        self.conv_in = operations.Conv2d(cfg.latent_channels, channels[0], 3, padding=1, dtype=dtype, device=device)
         self.up_blocks = torch.nn.ModuleList(
-            Block(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block + 1, None, DECODER_BLOCKS[kind], ops,
-                  zq_channels=zq, resample="up" if i < len(channels) - 1 else None)
+            Block(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block + 1, None, DECODER_BLOCKS[kind],
+                  zq_channels=zq, resample="up" if i < len(channels) - 1 else None, **kw)
             for i, kind in enumerate(cfg.up_block_types))
-        self.mid_block = MidBlock(channels[0], None, cfg.mid_block_add_attention, ops, zq_channels=zq)
-        self.conv_norm_out = SpatialNorm(channels[-1], zq, ops)
-        self.conv_out = ops.conv(channels[-1], cfg.out_channels, 3, padding=1)
+        self.mid_block = MidBlock(channels[0], None, cfg.mid_block_add_attention, zq_channels=zq, **kw)
+        self.conv_norm_out = SpatialNorm(channels[-1], zq, **kw)
+        self.conv_out = operations.Conv2d(channels[-1], cfg.out_channels, 3, padding=1, dtype=dtype, device=device)
 
     def forward(self, x, zq):
         x = self.mid_block(self.conv_in(x), zq)
@@ -287,9 +281,9 @@ class Decoder(torch.nn.Module):
 class VectorQuantizer(torch.nn.Module):
     """Snap each latent pixel to its nearest codebook vector (Euclidean)."""
 
-    def __init__(self, num_embeddings, embed_dim, ops):
+    def __init__(self, num_embeddings, embed_dim, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
-        self.embedding = ops.embedding(num_embeddings, embed_dim)
+        self.embedding = operations.Embedding(num_embeddings, embed_dim, dtype=dtype, device=device)
 
     def forward(self, z):
         codebook = self.embedding.weight.to(dtype=z.dtype, device=z.device)
@@ -304,12 +298,13 @@ class MoVQ(torch.nn.Module):
     def __init__(self, config, *, operations=torch.nn, dtype=None, device=None):
         super().__init__()
         self.config = config
-        ops = LayerFactory(operations, dtype, device)
-        self.encoder = Encoder(config, ops)
-        self.quant_conv = ops.conv(config.latent_channels, config.embed_dim, 1)
-        self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim, ops)
-        self.post_quant_conv = ops.conv(config.embed_dim, config.latent_channels, 1)
-        self.decoder = Decoder(config, ops)
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        self.encoder = Encoder(config, **kw)
+        self.quant_conv = operations.Conv2d(config.latent_channels, config.embed_dim, 1, dtype=dtype, device=device)
+        self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim, **kw)
+        self.post_quant_conv = operations.Conv2d(config.embed_dim, config.latent_channels, 1, dtype=dtype,
+                                                 device=device)
+        self.decoder = Decoder(config, **kw)
 
     def encode(self, x):
         """Image (B, 3, H, W) in [-1, 1] -> unquantized, unscaled latents (B, 4, H/8, W/8) for the real MoVQ."""

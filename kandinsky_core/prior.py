@@ -5,7 +5,6 @@ checkpoints load with `strict=True`. The model is DALL-E 2's prior: 77 text toke
 timestep, the noisy image embedding and a learned query ("prd") token form one causal sequence; the query's output is
 the predicted clean image embedding (prediction type "sample").
 """
-import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from . import attention
 from .config import from_dict
 from .errors import KandinskyError
+from .layers import TimestepEmbedding, timestep_embedding
 
 # Additive mask value of the original prior; finite (not -inf) so padded keys never turn a row into NaN.
 MASK_VALUE = -10000.0
@@ -94,26 +94,6 @@ PRIOR_22 = PriorConfig(embedding_dim=1280)  # 1,026,225,920 params
 PRIOR_TINY = PriorConfig(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1)  # tests
 
 
-def timestep_embedding(t, dim):
-    """Sinusoidal embedding of (B,) timesteps, cosines first (diffusers `flip_sin_to_cos=True`, shift 0): (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class TimestepEmbedding(nn.Module):
-    """Linear, SiLU, Linear on the sinusoidal timestep embedding."""
-
-    def __init__(self, dim, *, operations=nn, dtype=None, device=None):
-        super().__init__()
-        self.linear_1 = operations.Linear(dim, dim, dtype=dtype, device=device)
-        self.linear_2 = operations.Linear(dim, dim, dtype=dtype, device=device)
-
-    def forward(self, x):
-        return self.linear_2(F.silu(self.linear_1(x)))
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention with biased projections (diffusers `Attention` key names)."""
 
@@ -169,7 +149,7 @@ class PriorTransformer(nn.Module):
         self.config = config
         inner, dim = config.inner_dim, config.embedding_dim
         kw = dict(operations=operations, dtype=dtype, device=device)
-        self.time_embedding = TimestepEmbedding(inner, **kw)
+        self.time_embedding = TimestepEmbedding(inner, inner, **kw)
         self.proj_in = operations.Linear(dim, inner, dtype=dtype, device=device)
         self.embedding_proj = operations.Linear(dim, inner, dtype=dtype, device=device)
         self.encoder_hidden_states_proj = operations.Linear(dim, inner, dtype=dtype, device=device)

@@ -17,15 +17,11 @@ from . import schedulers as S
 from . import unet as U
 from .config import to_dict
 from .images import KANDINSKY_CLIP_PREPROCESSOR
-from .movq import MOVQ_TINY, MoVQ
+from .movq import MOVQ_TINY8, MoVQ
 from .prior import PRIOR_TINY, PriorTransformer
 from .text_encoder import MultilingualCLIP
 from .tiny_tokenizers import (tiny_clip_text_config, tiny_clip_vision_config, tiny_mclip_config, write_clip_tokenizer,
                               write_xlmr_tokenizer)
-
-MOVQ_TINY8 = replace(MOVQ_TINY, block_out_channels=(32, 32, 64, 64),
-                     down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
-                     up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3)
 
 # The tiny 2.2 parts use 48-dim embeddings (2.1: 32), so mixing versions fails as it does with the real 768/1280.
 TINY_DIMS = {"2.1": 32, "2.2": 48}

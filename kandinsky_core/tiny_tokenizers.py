@@ -1,8 +1,9 @@
 """Tiny offline tokenizers and tiny encoder configs, for tests and tiny test checkpoints (nothing is downloaded).
 
-The vocabularies fit the tiny text encoders of diffusers' Kandinsky fast tests (kandinsky_tech.md §5.2): CLIP ids
-< 1000 with the end-of-text token last, as in real CLIP (HF CLIP pools the highest id when `eos_token_id == 2`);
-XLM-R ids < 1005 with <s>=0, <pad>=1, </s>=2, <unk>=3 as in real XLM-R.
+The vocabularies fit the tiny text encoders of diffusers' Kandinsky fast tests
+(diffusers/tests/pipelines/kandinsky/test_kandinsky.py and test_kandinsky_prior.py): CLIP ids < 1000 with the
+end-of-text token last, as in real CLIP (HF CLIP pools the highest id when `eos_token_id == 2`); XLM-R ids < 1005 with
+<s>=0, <pad>=1, </s>=2, <unk>=3 as in real XLM-R.
 """
 import json
 import math

@@ -5,7 +5,6 @@ and a conditioning context ("added K/V"). The variants differ only in how the CL
 text) enters: see `ImageConditioning`, `TextImageConditioning` and `ImageHintConditioning`. Parameter and key names
 follow diffusers' `UNet2DConditionModel`, so the published `unet/` checkpoints load without a key map.
 """
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from . import attention
 from .config import from_dict
 from .errors import KandinskyError
+from .layers import TimestepEmbedding, timestep_embedding
 
 DOWN_TYPES = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # value: block has attention
 UP_TYPES = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
@@ -77,6 +77,11 @@ class UNetConfig:
         return self.cross_attention_dim if self.addition_embed_type == "text_image" else self.encoder_hid_dim
 
     @property
+    def time_embed_dim(self):
+        """Width of the timestep embedding every ResBlock is modulated by (diffusers: 4 × the first level's)."""
+        return self.block_out_channels[0] * 4
+
+    @property
     def latent_multiple(self):
         """Latent height and width must be multiples of this (one halving per down block)."""
         return 2 ** (len(self.block_out_channels) - 1)
@@ -99,39 +104,19 @@ UNET_22_INPAINT_TINY = replace(UNET_22_TINY, in_channels=9)
 UNET_22_DEPTH_TINY = replace(UNET_22_TINY, in_channels=8, addition_embed_type="image_hint", cross_attention_dim=100)
 
 
-def timestep_embedding(t, dim, flip_sin_to_cos=True, shift=0):
-    """Sinusoidal embedding of (B,) timesteps, as in DDPM/diffusers (cos first when flipped)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - shift))
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)], dim=-1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
-
-
-class TimestepEmbedding(nn.Module):
-    """Linear → SiLU → Linear over the sinusoidal timestep features."""
-
-    def __init__(self, cin, cout, ops, dd):
-        super().__init__()
-        self.linear_1 = ops.Linear(cin, cout, **dd)
-        self.linear_2 = ops.Linear(cout, cout, **dd)
-
-    def forward(self, x):
-        return self.linear_2(F.silu(self.linear_1(x)))
-
-
 class ResBlock(nn.Module):
     """ResNet block with scale-shift timestep modulation; `resample` makes it the block's down/up-sampler."""
 
-    def __init__(self, cin, cout, temb, groups, eps, ops, dd, resample=None):
+    def __init__(self, cin, cout, config, resample=None, *, operations=nn, dtype=None, device=None):
         super().__init__()
         self.resample = resample
-        self.norm1 = ops.GroupNorm(groups, cin, eps=eps, **dd)
-        self.conv1 = ops.Conv2d(cin, cout, 3, padding=1, **dd)
-        self.time_emb_proj = ops.Linear(temb, 2 * cout, **dd)
-        self.norm2 = ops.GroupNorm(groups, cout, eps=eps, **dd)
-        self.conv2 = ops.Conv2d(cout, cout, 3, padding=1, **dd)
-        self.conv_shortcut = ops.Conv2d(cin, cout, 1, **dd) if cin != cout else None
+        groups, eps = config.norm_num_groups, config.norm_eps
+        self.norm1 = operations.GroupNorm(groups, cin, eps=eps, dtype=dtype, device=device)
+        self.conv1 = operations.Conv2d(cin, cout, 3, padding=1, dtype=dtype, device=device)
+        self.time_emb_proj = operations.Linear(config.time_embed_dim, 2 * cout, dtype=dtype, device=device)
+        self.norm2 = operations.GroupNorm(groups, cout, eps=eps, dtype=dtype, device=device)
+        self.conv2 = operations.Conv2d(cout, cout, 3, padding=1, dtype=dtype, device=device)
+        self.conv_shortcut = operations.Conv2d(cin, cout, 1, dtype=dtype, device=device) if cin != cout else None
 
     def forward(self, x, emb):
         h = F.silu(self.norm1(x))
@@ -152,16 +137,17 @@ class AddedKVAttention(nn.Module):
     the GroupNorm lives inside the block and the residual is added at the end.
     """
 
-    def __init__(self, channels, context_dim, head_dim, groups, eps, ops, dd):
+    def __init__(self, channels, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.heads = channels // head_dim
-        self.group_norm = ops.GroupNorm(groups, channels, eps=eps, **dd)
-        self.to_q = ops.Linear(channels, channels, **dd)
-        self.to_k = ops.Linear(channels, channels, **dd)
-        self.to_v = ops.Linear(channels, channels, **dd)
-        self.add_k_proj = ops.Linear(context_dim, channels, **dd)
-        self.add_v_proj = ops.Linear(context_dim, channels, **dd)
-        self.to_out = nn.ModuleList([ops.Linear(channels, channels, **dd)])
+        self.heads = channels // config.attention_head_dim
+        self.group_norm = operations.GroupNorm(config.norm_num_groups, channels, eps=config.norm_eps, dtype=dtype,
+                                               device=device)
+        self.to_q = operations.Linear(channels, channels, dtype=dtype, device=device)
+        self.to_k = operations.Linear(channels, channels, dtype=dtype, device=device)
+        self.to_v = operations.Linear(channels, channels, dtype=dtype, device=device)
+        self.add_k_proj = operations.Linear(config.cross_attention_dim, channels, dtype=dtype, device=device)
+        self.add_v_proj = operations.Linear(config.cross_attention_dim, channels, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([operations.Linear(channels, channels, dtype=dtype, device=device)])
 
     def forward(self, x, context):
         b, c, h, w = x.shape
@@ -173,13 +159,14 @@ class AddedKVAttention(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """`layers` ResBlocks (each followed by attention if `attn`), then an optional down-sampling ResBlock."""
+    """`layers_per_block` ResBlocks (each followed by attention if `attn`), then an optional down-sampling ResBlock."""
 
-    def __init__(self, cin, cout, layers, attn, downsample, c):
+    def __init__(self, cin, cout, attn, downsample, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.resnets = nn.ModuleList([c.res(cin if i == 0 else cout, cout) for i in range(layers)])
-        self.attentions = nn.ModuleList([c.attn(cout) for _ in range(layers)] if attn else [])
-        self.downsamplers = nn.ModuleList([c.res(cout, cout, "down")] if downsample else [])
+        kw, layers = dict(operations=operations, dtype=dtype, device=device), config.layers_per_block
+        self.resnets = nn.ModuleList([ResBlock(cin if i == 0 else cout, cout, config, **kw) for i in range(layers)])
+        self.attentions = nn.ModuleList([AddedKVAttention(cout, config, **kw) for _ in range(layers)] if attn else [])
+        self.downsamplers = nn.ModuleList([ResBlock(cout, cout, config, "down", **kw)] if downsample else [])
 
     def forward(self, x, emb, context):
         skips = []
@@ -197,11 +184,13 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """ResBlocks over the input concatenated with one skip each (plus attention if `attn`), then optional up-sampling."""
 
-    def __init__(self, cin, cout, skip_channels, attn, upsample, c):
+    def __init__(self, cin, cout, skip_channels, attn, upsample, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.resnets = nn.ModuleList([c.res((cin if i == 0 else cout) + s, cout) for i, s in enumerate(skip_channels)])
-        self.attentions = nn.ModuleList([c.attn(cout) for _ in skip_channels] if attn else [])
-        self.upsamplers = nn.ModuleList([c.res(cout, cout, "up")] if upsample else [])
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        self.resnets = nn.ModuleList([
+            ResBlock((cin if i == 0 else cout) + s, cout, config, **kw) for i, s in enumerate(skip_channels)])
+        self.attentions = nn.ModuleList([AddedKVAttention(cout, config, **kw) for _ in skip_channels] if attn else [])
+        self.upsamplers = nn.ModuleList([ResBlock(cout, cout, config, "up", **kw)] if upsample else [])
 
     def forward(self, x, emb, context, skips):
         for i, resnet in enumerate(self.resnets):
@@ -216,10 +205,11 @@ class UpBlock(nn.Module):
 class MidBlock(nn.Module):
     """ResBlock → attention → ResBlock at the lowest resolution."""
 
-    def __init__(self, channels, c):
+    def __init__(self, channels, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.resnets = nn.ModuleList([c.res(channels, channels), c.res(channels, channels)])
-        self.attentions = nn.ModuleList([c.attn(channels)])
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        self.resnets = nn.ModuleList([ResBlock(channels, channels, config, **kw) for _ in range(2)])
+        self.attentions = nn.ModuleList([AddedKVAttention(channels, config, **kw)])
 
     def forward(self, x, emb, context):
         x = self.resnets[0](x, emb)
@@ -229,11 +219,11 @@ class MidBlock(nn.Module):
 class ImageProjection(nn.Module):
     """2.2 context: the image embedding becomes `tokens` cross-attention tokens."""
 
-    def __init__(self, image_dim, context_dim, ops, dd, tokens=32):
+    def __init__(self, image_dim, context_dim, tokens=32, *, operations=nn, dtype=None, device=None):
         super().__init__()
         self.tokens = tokens
-        self.image_embeds = ops.Linear(image_dim, tokens * context_dim, **dd)
-        self.norm = ops.LayerNorm(context_dim, **dd)
+        self.image_embeds = operations.Linear(image_dim, tokens * context_dim, dtype=dtype, device=device)
+        self.norm = operations.LayerNorm(context_dim, dtype=dtype, device=device)
 
     def forward(self, image_embeds, text_hidden_states=None):
         return self.norm(self.image_embeds(image_embeds).reshape(image_embeds.shape[0], self.tokens, -1))
@@ -242,11 +232,11 @@ class ImageProjection(nn.Module):
 class TextImageProjection(nn.Module):
     """2.1 context: 10 image tokens followed by the projected XLM-R text hidden states."""
 
-    def __init__(self, text_dim, image_dim, context_dim, ops, dd, tokens=10):
+    def __init__(self, text_dim, image_dim, context_dim, tokens=10, *, operations=nn, dtype=None, device=None):
         super().__init__()
         self.tokens = tokens
-        self.image_embeds = ops.Linear(image_dim, tokens * context_dim, **dd)
-        self.text_proj = ops.Linear(text_dim, context_dim, **dd)
+        self.image_embeds = operations.Linear(image_dim, tokens * context_dim, dtype=dtype, device=device)
+        self.text_proj = operations.Linear(text_dim, context_dim, dtype=dtype, device=device)
 
     def forward(self, image_embeds, text_hidden_states):
         image_tokens = self.image_embeds(image_embeds).reshape(image_embeds.shape[0], self.tokens, -1)
@@ -256,10 +246,10 @@ class TextImageProjection(nn.Module):
 class ImageConditioning(nn.Module):
     """2.2: the image embedding is added to the timestep embedding."""
 
-    def __init__(self, image_dim, temb, ops, dd):
+    def __init__(self, image_dim, temb, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.image_proj = ops.Linear(image_dim, temb, **dd)
-        self.image_norm = ops.LayerNorm(temb, **dd)
+        self.image_proj = operations.Linear(image_dim, temb, dtype=dtype, device=device)
+        self.image_norm = operations.LayerNorm(temb, dtype=dtype, device=device)
 
     def forward(self, image_embeds, text_embeds=None):
         return self.image_norm(self.image_proj(image_embeds))
@@ -268,11 +258,11 @@ class ImageConditioning(nn.Module):
 class TextImageConditioning(nn.Module):
     """2.1: image embedding plus normalised pooled text embedding, added to the timestep embedding."""
 
-    def __init__(self, text_dim, image_dim, temb, ops, dd):
+    def __init__(self, text_dim, image_dim, temb, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.text_proj = ops.Linear(text_dim, temb, **dd)
-        self.text_norm = ops.LayerNorm(temb, **dd)
-        self.image_proj = ops.Linear(image_dim, temb, **dd)
+        self.text_proj = operations.Linear(text_dim, temb, dtype=dtype, device=device)
+        self.text_norm = operations.LayerNorm(temb, dtype=dtype, device=device)
+        self.image_proj = operations.Linear(image_dim, temb, dtype=dtype, device=device)
 
     def forward(self, image_embeds, text_embeds):
         return self.image_proj(image_embeds) + self.text_norm(self.text_proj(text_embeds))
@@ -281,32 +271,17 @@ class TextImageConditioning(nn.Module):
 class ImageHintConditioning(ImageConditioning):
     """2.2 depth: as `ImageConditioning`, plus a conv stack turning the pixel-space hint into 4 latent channels."""
 
-    def __init__(self, image_dim, temb, ops, dd):
-        super().__init__(image_dim, temb, ops, dd)
+    def __init__(self, image_dim, temb, *, operations=nn, dtype=None, device=None):
+        super().__init__(image_dim, temb, operations=operations, dtype=dtype, device=device)
         widths = [(3, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1), (96, 256, 2), (256, 4, 1)]
         layers = []
         for cin, cout, stride in widths:
-            layers += [ops.Conv2d(cin, cout, 3, padding=1, stride=stride, **dd), nn.SiLU()]
+            layers += [operations.Conv2d(cin, cout, 3, padding=1, stride=stride, dtype=dtype, device=device), nn.SiLU()]
         self.input_hint_block = nn.Sequential(*layers[:-1])  # keys .0, .2, ... .14, as published
 
     def encode_hint(self, hint):
         """(B, 3, H, W) hint in [0, 1] → (B, 4, H/8, W/8)."""
         return self.input_hint_block(hint)
-
-
-class _Builder:
-    """Binds the config, layer factory and dtype/device once, so block constructors stay short."""
-
-    def __init__(self, config, ops, dd):
-        self.config, self.ops, self.dd = config, ops, dd
-        self.temb = config.block_out_channels[0] * 4
-
-    def res(self, cin, cout, resample=None):
-        return ResBlock(cin, cout, self.temb, self.config.norm_num_groups, self.config.norm_eps, self.ops, self.dd, resample)
-
-    def attn(self, channels):
-        c = self.config
-        return AddedKVAttention(channels, c.cross_attention_dim, c.attention_head_dim, c.norm_num_groups, c.norm_eps, self.ops, self.dd)
 
 
 class UNet(nn.Module):
@@ -316,29 +291,31 @@ class UNet(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        ops, dd = operations, {"dtype": dtype, "device": device}
-        c, ch = _Builder(config, ops, dd), config.block_out_channels
-        self.conv_in = ops.Conv2d(config.in_channels, ch[0], 3, padding=1, **dd)
-        self.time_embedding = TimestepEmbedding(ch[0], c.temb, ops, dd)
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        ch, temb = config.block_out_channels, config.time_embed_dim
+        self.conv_in = operations.Conv2d(config.in_channels, ch[0], 3, padding=1, dtype=dtype, device=device)
+        self.time_embedding = TimestepEmbedding(ch[0], temb, **kw)
+        context_dim = config.cross_attention_dim
         if config.addition_embed_type == "text_image":
-            self.encoder_hid_proj = TextImageProjection(config.encoder_hid_dim, config.cross_attention_dim, config.cross_attention_dim, ops, dd)
-            self.add_embedding = TextImageConditioning(config.cross_attention_dim, config.cross_attention_dim, c.temb, ops, dd)
+            self.encoder_hid_proj = TextImageProjection(config.encoder_hid_dim, context_dim, context_dim, **kw)
+            self.add_embedding = TextImageConditioning(context_dim, context_dim, temb, **kw)
         else:
-            self.encoder_hid_proj = ImageProjection(config.encoder_hid_dim, config.cross_attention_dim, ops, dd)
+            self.encoder_hid_proj = ImageProjection(config.encoder_hid_dim, context_dim, **kw)
             kind = ImageHintConditioning if config.addition_embed_type == "image_hint" else ImageConditioning
-            self.add_embedding = kind(config.encoder_hid_dim, c.temb, ops, dd)
+            self.add_embedding = kind(config.encoder_hid_dim, temb, **kw)
         n, layers = len(ch), config.layers_per_block
-        self.down_blocks = nn.ModuleList([
-            DownBlock(ch[max(i - 1, 0)], ch[i], layers, DOWN_TYPES[t], i < n - 1, c) for i, t in enumerate(config.down_block_types)])
-        self.mid_block = MidBlock(ch[-1], c)
+        self.down_blocks = nn.ModuleList([DownBlock(ch[max(i - 1, 0)], ch[i], DOWN_TYPES[t], i < n - 1, config, **kw)
+                                          for i, t in enumerate(config.down_block_types)])
+        self.mid_block = MidBlock(ch[-1], config, **kw)
         skip_widths = [ch[0]] + [ch[i] for i in range(n) for _ in range(layers + (i < n - 1))]  # conv_in + every down output
         self.up_blocks = nn.ModuleList()
         for i, t in enumerate(config.up_block_types):
-            cout = ch[n - 1 - i]
             skips = [skip_widths.pop() for _ in range(layers + 1)]
-            self.up_blocks.append(UpBlock(ch[min(n - i, n - 1)], cout, skips, UP_TYPES[t], i < n - 1, c))
-        self.conv_norm_out = ops.GroupNorm(config.norm_num_groups, ch[0], eps=config.norm_eps, **dd)
-        self.conv_out = ops.Conv2d(ch[0], config.out_channels, 3, padding=1, **dd)
+            self.up_blocks.append(
+                UpBlock(ch[min(n - i, n - 1)], ch[n - 1 - i], skips, UP_TYPES[t], i < n - 1, config, **kw))
+        self.conv_norm_out = operations.GroupNorm(config.norm_num_groups, ch[0], eps=config.norm_eps, dtype=dtype,
+                                                  device=device)
+        self.conv_out = operations.Conv2d(ch[0], config.out_channels, 3, padding=1, dtype=dtype, device=device)
 
     def forward(self, x, timesteps, image_embeds, text_embeds=None, text_hidden_states=None, hint=None):
         """Predict (B, 8, h, w): ε in channels 0-3, the learned-variance interpolation in 4-7.

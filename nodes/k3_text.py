@@ -9,7 +9,8 @@ The T5 is the core's, built with `comfy.ops` so its weights can be stored in fp8
 in fp32, as ComfyUI's own T5 does (Flan-UL2 overflows fp16). The prompt is read as written: diffusers gives
 "(word:1.2)" no special meaning, so neither does this tokenizer.
 
-Encoding is the core's (kandinsky3_tech.md §4.4): 128 tokens, padded rows zeroed, cut to the prompt's tokens + 1.
+Encoding is the core's, as diffusers' Kandinsky3Pipeline.encode_prompt does it (diffusers/src/diffusers/pipelines/
+kandinsky3/pipeline_kandinsky3.py): 128 tokens, padded rows zeroed, cut to the prompt's tokens + 1.
 The conditioning holds those states, and its dict the attention mask and the T5's width (the Kandinsky 3 marker).
 """
 import os

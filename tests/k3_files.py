@@ -15,8 +15,7 @@ from kandinsky_core import schedulers
 from kandinsky_core.config import to_dict
 from kandinsky_core.kandinsky3.tiny_text import T5_TINY, write_text_encoder, write_tokenizer
 from kandinsky_core.kandinsky3.unet import UNET3_TINY, UNet
-from kandinsky_core.movq import MoVQ
-from kandinsky_core.tiny import MOVQ_TINY8
+from kandinsky_core.movq import MOVQ_TINY8, MoVQ
 
 K3 = "kandinsky-3/"  # the tiny published folder
 K3_OTHER_T5 = "kandinsky-3-t5-48/"  # the same layout, with a 48-wide T5 (and a UNet taking 48-wide states)

@@ -169,8 +169,7 @@ def pack(comfyui_in_process):
 
 
 def tiny_movq(components):
-    from kandinsky_pack.kandinsky_core.movq import MoVQ
-    from kandinsky_pack.kandinsky_core.tiny import MOVQ_TINY8
+    from kandinsky_pack.kandinsky_core.movq import MOVQ_TINY8, MoVQ
 
     torch.manual_seed(0)
     return components.MoVQ(MoVQ(MOVQ_TINY8).eval(), torch.device("cpu"), torch.device("cpu"))

@@ -12,10 +12,9 @@ import diffusers
 from kandinsky_core import decoder_pipeline as D
 from kandinsky_core import prior_pipeline as P
 from kandinsky_core import schedulers as S
-from kandinsky_core import tiny
 from kandinsky_core import unet as U
 from kandinsky_core.errors import Cancelled, KandinskyError
-from kandinsky_core.movq import MOVQ, MoVQ
+from kandinsky_core.movq import MOVQ, MOVQ_TINY8, MoVQ
 from oracle import decoder_pair, floats, prior_pair, random_image
 
 DDPM_22 = {**S.KANDINSKY_2_2_DDPM, "clip_sample": False}
@@ -111,7 +110,7 @@ def test_wiring_errors(tmp_path):
         D.text_to_image(plain, pos, pos, hint=torch.zeros(1, 3, 64, 64), height=64, width=64)
     with pytest.raises(KandinskyError, match="strength × steps must be at least 1"):
         D.image_to_image(plain, pos, pos, random_image(64), strength=0.05, steps=10, height=64, width=64)
-    _, depth = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp_path, tiny.MOVQ_TINY8)
+    _, depth = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp_path, MOVQ_TINY8)
     with pytest.raises(KandinskyError, match="needs a hint"):
         D.text_to_image(depth, pos, pos, height=64, width=64)
     _, v21 = decoder_pair(U.UNET_21_TINY, S.KANDINSKY_2_1_DDIM, tmp_path)

@@ -11,7 +11,7 @@ from kandinsky_core import loading, tiny
 from kandinsky_core import unet as U
 from kandinsky_core.config import to_dict
 from kandinsky_core.errors import KandinskyError
-from kandinsky_core.movq import MOVQ, MoVQ
+from kandinsky_core.movq import MOVQ, MOVQ_TINY8, MoVQ
 from kandinsky_core.prior import PRIOR_21, PRIOR_22, PriorConfig, PriorTransformer
 
 
@@ -32,7 +32,7 @@ def test_decoder_folders_round_trip(repos, name):
     torch.manual_seed(0)
     assert same_weights(models.unet, U.UNet(config))
     assert models.unet.config == config and models.unet.config.variant == config.variant
-    assert same_weights(models.movq, MoVQ(tiny.MOVQ_TINY8))
+    assert same_weights(models.movq, MoVQ(MOVQ_TINY8))
     assert (models.text_encoder is not None) == (models.version == "2.1")
     assert type(models.scheduler).__name__ == ("DDIMScheduler" if models.version == "2.1" else "DDPMScheduler")
 
@@ -64,7 +64,7 @@ def test_bin_weights_load_with_weights_only(repos, tmp_path):
     folder.mkdir()
     model = loading.load_component(repos["kandinsky-2-2-decoder"], "movq")
     torch.save(model.state_dict(), folder / "diffusion_pytorch_model.bin")
-    (folder / "config.json").write_text(json.dumps(to_dict(tiny.MOVQ_TINY8, "VQModel")))
+    (folder / "config.json").write_text(json.dumps(to_dict(MOVQ_TINY8, "VQModel")))
     assert same_weights(loading.load_component(str(folder), "movq"), model)
 
 
@@ -263,7 +263,7 @@ def test_sharded_checkpoints_load(repos, tmp_path, index_name, weights):
     model = loading.load_component(repos["kandinsky-2-2-decoder"], "movq")
     folder = tmp_path / "movq"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(to_dict(tiny.MOVQ_TINY8, "VQModel")))
+    (folder / "config.json").write_text(json.dumps(to_dict(MOVQ_TINY8, "VQModel")))
     write_shards(str(folder), model, index_name, weights)
     assert loading.weights_path(str(folder)).endswith(index_name)
     assert same_weights(loading.load_component(str(folder), "movq"), model)

@@ -7,10 +7,9 @@ import diffusers
 from kandinsky_core import decoder_pipeline as D
 from kandinsky_core import prior_pipeline as P
 from kandinsky_core import schedulers as S
-from kandinsky_core import tiny
 from kandinsky_core import unet as U
 from oracle import decoder_pair, floats, prior_pair, random_image
-from kandinsky_core.movq import MOVQ_TINY
+from kandinsky_core.movq import MOVQ_TINY, MOVQ_TINY8
 
 TOL = 1e-4
 STEPS = 4
@@ -111,7 +110,7 @@ def test_inpaint(version, tmp_path):
 
 @pytest.mark.parametrize("mode", ["t2i", "i2i"])
 def test_depth(mode, tmp_path):
-    theirs, ours = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp_path, tiny.MOVQ_TINY8)
+    theirs, ours = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp_path, MOVQ_TINY8)
     pos, neg = embeds(32)
     hint = floats((1, 3, 64, 64), 0)
     kw = dict(height=64, width=64, output_type="np", guidance_scale=4.0)

@@ -1,9 +1,8 @@
 """Small core helpers used by the node layer."""
 import torch
 
-from kandinsky_core.movq import MoVQ
+from kandinsky_core.movq import MOVQ_TINY8, MoVQ
 from kandinsky_core.preview import latent_rgb_factors
-from kandinsky_core.tiny import MOVQ_TINY8
 
 
 def test_preview_factors_predict_decoded_colours():

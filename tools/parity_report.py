@@ -19,8 +19,8 @@ import diffusers  # noqa: E402
 from kandinsky_core import decoder_pipeline as D  # noqa: E402
 from kandinsky_core import prior_pipeline as P  # noqa: E402
 from kandinsky_core import schedulers as S  # noqa: E402
-from kandinsky_core import tiny  # noqa: E402
 from kandinsky_core import unet as U  # noqa: E402
+from kandinsky_core.movq import MOVQ_TINY8  # noqa: E402
 from oracle import decoder_pair, floats, prior_pair, random_image  # noqa: E402
 
 DDPM_22 = {**S.KANDINSKY_2_2_DDPM, "clip_sample": False}
@@ -36,7 +36,7 @@ def gen():
 
 def model_rows(tmp):
     for config in (U.UNET_21_TINY, U.UNET_21_INPAINT_TINY, U.UNET_22_TINY, U.UNET_22_INPAINT_TINY, U.UNET_22_DEPTH_TINY):
-        theirs, ours = decoder_pair(config, DDPM_22, tmp, tiny.MOVQ_TINY8)
+        theirs, ours = decoder_pair(config, DDPM_22, tmp, MOVQ_TINY8)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 4 if config.variant == "2.2-depth" else config.in_channels, 8, 8, generator=g)
         emb = torch.randn(2, config.image_embed_dim, generator=g)
@@ -76,7 +76,7 @@ def pipeline_rows(tmp):
         inp = diffusers.KandinskyInpaintPipeline(**theirs)("a red cat", image, mask, pos, neg, num_inference_steps=4, generator=gen(), **kw) \
             if version == "2.1" else diffusers.KandinskyV22InpaintPipeline(**theirs)(pos, image, mask, neg, num_inference_steps=4, generator=gen(), **kw)
         yield f"{version} inpainting", diff(D.inpaint(ours, pos, neg, image, mask, steps=4, generator=gen(), **text, **kw), inp.images)
-    theirs, ours = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp, tiny.MOVQ_TINY8)
+    theirs, ours = decoder_pair(U.UNET_22_DEPTH_TINY, DDPM_22, tmp, MOVQ_TINY8)
     hint = floats((1, 3, 64, 64), 0)
     out = diffusers.KandinskyV22ControlnetPipeline(**theirs)(pos, neg, hint, num_inference_steps=4, generator=gen(), **kw).images
     yield "2.2 depth text-to-image", diff(D.text_to_image(ours, pos, neg, hint=hint, steps=4, generator=gen(), **kw), out)

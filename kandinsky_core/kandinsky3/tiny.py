@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 
 from .. import schedulers
 from ..config import to_dict
-from ..movq import MoVQ
-from ..tiny import MOVQ_TINY8
+from ..movq import MOVQ_TINY8, MoVQ
 from .tiny_text import write_text_encoder, write_text_encoder_file, write_tokenizer
 from .unet import UNET3_TINY, UNet
 

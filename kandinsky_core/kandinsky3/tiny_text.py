@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from .t5 import T5Config, T5Encoder
 
-# Diffusers' tiny test T5 (hf-internal-testing/tiny-random-t5, kandinsky3_tech.md §6.1) with Flan-UL2's gated-SiLU.
+# The tiny T5 of diffusers' Kandinsky 3 fast tests (hf-internal-testing/tiny-random-t5, loaded by
+# diffusers/tests/pipelines/kandinsky3/test_kandinsky3.py), with Flan-UL2's gated-SiLU feed-forward.
 T5_TINY = T5Config(vocab_size=1103, d_model=32, d_kv=8, d_ff=37, num_layers=5, num_heads=4,
                    relative_attention_num_buckets=8)
 SHARDS = 2

@@ -15,7 +15,7 @@ from torch import nn
 from .. import attention
 from ..config import from_dict
 from ..errors import KandinskyError
-from ..unet import timestep_embedding
+from ..layers import TimestepEmbedding, timestep_embedding
 
 # Fixed by the architecture (diffusers hard-codes them; they are not in config.json).
 EXPANSION_RATIO = 4  # attention blocks' feed-forward width, × channels
@@ -75,13 +75,13 @@ UNET3_TINY = replace(UNET3, block_out_channels=(32, 64), time_embedding_dim=4, c
 class Attention(nn.Module):
     """Multi-head attention with bias-free projections; `out_dim` is also the inner width (heads × head_dim)."""
 
-    def __init__(self, query_dim, context_dim, out_dim, head_dim, ops, dd):
+    def __init__(self, query_dim, context_dim, out_dim, head_dim, *, operations=nn, dtype=None, device=None):
         super().__init__()
         self.heads = out_dim // head_dim
-        self.to_q = ops.Linear(query_dim, out_dim, bias=False, **dd)
-        self.to_k = ops.Linear(context_dim, out_dim, bias=False, **dd)
-        self.to_v = ops.Linear(context_dim, out_dim, bias=False, **dd)
-        self.to_out = nn.ModuleList([ops.Linear(out_dim, out_dim, bias=False, **dd)])
+        self.to_q = operations.Linear(query_dim, out_dim, bias=False, dtype=dtype, device=device)
+        self.to_k = operations.Linear(context_dim, out_dim, bias=False, dtype=dtype, device=device)
+        self.to_v = operations.Linear(context_dim, out_dim, bias=False, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([operations.Linear(out_dim, out_dim, bias=False, dtype=dtype, device=device)])
 
     def forward(self, x, context, mask=None):
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
@@ -89,12 +89,14 @@ class Attention(nn.Module):
 
 
 class ConditionalGroupNorm(nn.Module):
-    """GroupNorm without parameters, scaled and shifted by a projection of the time embedding."""
+    """GroupNorm without parameters (`config.groups` groups), scaled and shifted by a projection of the time
+    embedding."""
 
-    def __init__(self, groups, channels, time_dim, ops, dd):
+    def __init__(self, channels, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.norm = ops.GroupNorm(groups, channels, affine=False, **dd)
-        self.context_mlp = nn.Sequential(nn.SiLU(), ops.Linear(time_dim, 2 * channels, **dd))
+        self.norm = operations.GroupNorm(config.groups, channels, affine=False, dtype=dtype, device=device)
+        self.context_mlp = nn.Sequential(
+            nn.SiLU(), operations.Linear(config.time_embedding_dim, 2 * channels, dtype=dtype, device=device))
 
     def forward(self, x, temb):
         scale, shift = self.context_mlp(temb)[:, :, None, None].chunk(2, dim=1)
@@ -104,12 +106,14 @@ class ConditionalGroupNorm(nn.Module):
 class Block(nn.Module):
     """Conditional norm → SiLU → (transposed-conv up-sampling) → convolution → (stride-2 down-sampling)."""
 
-    def __init__(self, cin, cout, kernel, resample, b):
+    def __init__(self, cin, cout, kernel, resample, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.group_norm = b.norm(cin)
-        self.up_sample = b.ops.ConvTranspose2d(cin, cin, 2, stride=2, **b.dd) if resample == "up" else nn.Identity()
-        self.projection = b.ops.Conv2d(cin, cout, kernel, padding=int(kernel > 1), **b.dd)
-        self.down_sample = b.ops.Conv2d(cout, cout, 2, stride=2, **b.dd) if resample == "down" else nn.Identity()
+        self.group_norm = ConditionalGroupNorm(cin, config, operations=operations, dtype=dtype, device=device)
+        self.up_sample = (operations.ConvTranspose2d(cin, cin, 2, stride=2, dtype=dtype, device=device)
+                          if resample == "up" else nn.Identity())
+        self.projection = operations.Conv2d(cin, cout, kernel, padding=int(kernel > 1), dtype=dtype, device=device)
+        self.down_sample = (operations.Conv2d(cout, cout, 2, stride=2, dtype=dtype, device=device)
+                            if resample == "down" else nn.Identity())
 
     def forward(self, x, temb):
         return self.down_sample(self.projection(self.up_sample(F.silu(self.group_norm(x, temb)))))
@@ -118,17 +122,21 @@ class Block(nn.Module):
 class ResNetBlock(nn.Module):
     """Four Blocks (kernels 1, 3, 3, 1) at half the width, plus a shortcut resampled the same way."""
 
-    def __init__(self, cin, cout, b, resample=None):
+    def __init__(self, cin, cout, config, resample=None, *, operations=nn, dtype=None, device=None):
         super().__init__()
+        kw = dict(operations=operations, dtype=dtype, device=device)
         hidden = max(cin, cout) // COMPRESSION_RATIO
         widths = [(cin, hidden), (hidden, hidden), (hidden, hidden), (hidden, cout)]
         where = {"up": 1, "down": 2}.get(resample)  # the Block that resamples, as trained
-        self.resnet_blocks = nn.ModuleList([
-            Block(i, o, kernel, resample if n == where else None, b) for n, ((i, o), kernel) in enumerate(zip(widths, (1, 3, 3, 1)))])
+        self.resnet_blocks = nn.ModuleList([Block(i, o, kernel, resample if n == where else None, config, **kw)
+                                            for n, ((i, o), kernel) in enumerate(zip(widths, (1, 3, 3, 1)))])
         up, down = resample == "up", resample == "down"
-        self.shortcut_up_sample = b.ops.ConvTranspose2d(cin, cin, 2, stride=2, **b.dd) if up else nn.Identity()
-        self.shortcut_projection = b.ops.Conv2d(cin, cout, 1, **b.dd) if cin != cout else nn.Identity()
-        self.shortcut_down_sample = b.ops.Conv2d(cout, cout, 2, stride=2, **b.dd) if down else nn.Identity()
+        self.shortcut_up_sample = (operations.ConvTranspose2d(cin, cin, 2, stride=2, dtype=dtype, device=device)
+                                   if up else nn.Identity())
+        self.shortcut_projection = (operations.Conv2d(cin, cout, 1, dtype=dtype, device=device)
+                                    if cin != cout else nn.Identity())
+        self.shortcut_down_sample = (operations.Conv2d(cout, cout, 2, stride=2, dtype=dtype, device=device)
+                                     if down else nn.Identity())
 
     def forward(self, x, temb):
         out = x
@@ -138,17 +146,20 @@ class ResNetBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Conditional norm → attention (self-attention when no context is given) → residual, then a 1×1-conv
-    feed-forward behind another conditional norm → residual."""
+    """Conditional norm → attention (cross-attention to the text if `cross`, else self-attention) → residual, then a
+    1×1-conv feed-forward behind another conditional norm → residual."""
 
-    def __init__(self, channels, context_dim, b):
+    def __init__(self, channels, cross, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.in_norm = b.norm(channels)
-        self.attention = Attention(channels, context_dim or channels, channels, b.config.attention_head_dim, b.ops, b.dd)
-        self.out_norm = b.norm(channels)
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        context_dim = config.cross_attention_dim if cross else channels
+        self.in_norm = ConditionalGroupNorm(channels, config, **kw)
+        self.attention = Attention(channels, context_dim, channels, config.attention_head_dim, **kw)
+        self.out_norm = ConditionalGroupNorm(channels, config, **kw)
         hidden = EXPANSION_RATIO * channels
-        self.feed_forward = nn.Sequential(b.ops.Conv2d(channels, hidden, 1, bias=False, **b.dd), nn.SiLU(),
-                                          b.ops.Conv2d(hidden, channels, 1, bias=False, **b.dd))
+        self.feed_forward = nn.Sequential(
+            operations.Conv2d(channels, hidden, 1, bias=False, dtype=dtype, device=device), nn.SiLU(),
+            operations.Conv2d(hidden, channels, 1, bias=False, dtype=dtype, device=device))
 
     def forward(self, x, temb, context=None, mask=None):
         bsz, c, h, w = x.shape
@@ -161,15 +172,16 @@ class AttentionBlock(nn.Module):
 class DownBlock(nn.Module):
     """[self-attention] → layers × (ResNet, [cross-attention], ResNet); the last ResNet halves the size."""
 
-    def __init__(self, cin, cout, cross, self_attn, downsample, b):
+    def __init__(self, cin, cout, cross, self_attn, downsample, config, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        n = b.config.layers_per_block
+        kw, n = dict(operations=operations, dtype=dtype, device=device), config.layers_per_block
         # Parameter-free placeholders keep diffusers' indices: attentions.0 is self-, attentions.1.. cross-attention.
-        self.attentions = nn.ModuleList([b.attn(cin) if self_attn else nn.Identity()] +
-                                        [b.attn(cout, cross=True) if cross else nn.Identity() for _ in range(n)])
-        self.resnets_in = nn.ModuleList([ResNetBlock(cin if i == 0 else cout, cout, b) for i in range(n)])
+        self.attentions = nn.ModuleList([AttentionBlock(cin, False, config, **kw) if self_attn else nn.Identity()] +
+                                        [AttentionBlock(cout, True, config, **kw) if cross else nn.Identity()
+                                         for _ in range(n)])
+        self.resnets_in = nn.ModuleList([ResNetBlock(cin if i == 0 else cout, cout, config, **kw) for i in range(n)])
         self.resnets_out = nn.ModuleList([
-            ResNetBlock(cout, cout, b, "down" if downsample and i == n - 1 else None) for i in range(n)])
+            ResNetBlock(cout, cout, config, "down" if downsample and i == n - 1 else None, **kw) for i in range(n)])
         self.self_attn, self.cross = self_attn, cross
 
     def forward(self, x, temb, context, mask):
@@ -189,15 +201,17 @@ class UpBlock(nn.Module):
     The input arrives concatenated with the skip (`skip` extra channels); the widths follow the published layout.
     """
 
-    def __init__(self, cin, skip, cout, cross, self_attn, upsample, b):
+    def __init__(self, cin, skip, cout, cross, self_attn, upsample, config, *, operations=nn, dtype=None,
+                 device=None):
         super().__init__()
-        n = b.config.layers_per_block
+        kw, n = dict(operations=operations, dtype=dtype, device=device), config.layers_per_block
         widths = [(cin + skip, cin)] + [(cin, cin)] * (n - 2) + [(cin, cout)]
-        self.attentions = nn.ModuleList([b.attn(cout) if self_attn else nn.Identity()] +
-                                        [b.attn(i, cross=True) if cross else nn.Identity() for i, _ in widths])
-        self.resnets_in = nn.ModuleList([
-            ResNetBlock(i, i, b, "up" if upsample and k == 0 else None) for k, (i, _) in enumerate(widths)])
-        self.resnets_out = nn.ModuleList([ResNetBlock(i, o, b) for i, o in widths])
+        self.attentions = nn.ModuleList([AttentionBlock(cout, False, config, **kw) if self_attn else nn.Identity()] +
+                                        [AttentionBlock(i, True, config, **kw) if cross else nn.Identity()
+                                         for i, _ in widths])
+        self.resnets_in = nn.ModuleList([ResNetBlock(i, i, config, "up" if upsample and k == 0 else None, **kw)
+                                         for k, (i, _) in enumerate(widths)])
+        self.resnets_out = nn.ModuleList([ResNetBlock(i, o, config, **kw) for i, o in widths])
         self.self_attn, self.cross = self_attn, cross
 
     def forward(self, x, temb, context, mask):
@@ -209,38 +223,13 @@ class UpBlock(nn.Module):
         return self.attentions[0](x, temb) if self.self_attn else x
 
 
-class _Builder:
-    """Binds the config, layer factory and dtype/device once, so block constructors stay short."""
-
-    def __init__(self, config, ops, dd):
-        self.config, self.ops, self.dd = config, ops, dd
-
-    def norm(self, channels):
-        return ConditionalGroupNorm(self.config.groups, channels, self.config.time_embedding_dim, self.ops, self.dd)
-
-    def attn(self, channels, cross=False):
-        return AttentionBlock(channels, self.config.cross_attention_dim if cross else None, self)
-
-
-class TimestepEmbedding(nn.Module):
-    """Linear → SiLU → Linear over the sinusoidal timestep features."""
-
-    def __init__(self, cin, cout, ops, dd):
-        super().__init__()
-        self.linear_1 = ops.Linear(cin, cout, **dd)
-        self.linear_2 = ops.Linear(cout, cout, **dd)
-
-    def forward(self, x):
-        return self.linear_2(F.silu(self.linear_1(x)))
-
-
 class EncoderProjection(nn.Module):
     """T5 hidden states → the UNet's context width: bias-free Linear, then LayerNorm."""
 
-    def __init__(self, text_dim, context_dim, ops, dd):
+    def __init__(self, text_dim, context_dim, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.projection_linear = ops.Linear(text_dim, context_dim, bias=False, **dd)
-        self.projection_norm = ops.LayerNorm(context_dim, **dd)
+        self.projection_linear = operations.Linear(text_dim, context_dim, bias=False, dtype=dtype, device=device)
+        self.projection_norm = operations.LayerNorm(context_dim, dtype=dtype, device=device)
 
     def forward(self, x):
         return self.projection_norm(self.projection_linear(x))
@@ -249,9 +238,10 @@ class EncoderProjection(nn.Module):
 class AttentionPooling(nn.Module):
     """Adds to the time embedding one attention read of the context, queried with the context's mean."""
 
-    def __init__(self, time_dim, context_dim, head_dim, ops, dd):
+    def __init__(self, time_dim, context_dim, head_dim, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.attention = Attention(context_dim, context_dim, time_dim, head_dim, ops, dd)
+        self.attention = Attention(context_dim, context_dim, time_dim, head_dim, operations=operations, dtype=dtype,
+                                   device=device)
 
     def forward(self, temb, context, mask):
         # The mean runs over every position, padding included (padded positions hold the projection's LayerNorm bias).
@@ -265,21 +255,21 @@ class UNet(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        ops, dd = operations, {"dtype": dtype, "device": device}
-        b, init = _Builder(config, ops, dd), config.init_channels
-        self.time_embedding = TimestepEmbedding(init, config.time_embedding_dim, ops, dd)
+        kw, init = dict(operations=operations, dtype=dtype, device=device), config.init_channels
+        self.time_embedding = TimestepEmbedding(init, config.time_embedding_dim, **kw)
         self.add_time_condition = AttentionPooling(config.time_embedding_dim, config.cross_attention_dim,
-                                                   config.attention_head_dim, ops, dd)
-        self.conv_in = ops.Conv2d(config.in_channels, init, 3, padding=1, **dd)
-        self.encoder_hid_proj = EncoderProjection(config.encoder_hid_dim, config.cross_attention_dim, ops, dd)
+                                                   config.attention_head_dim, **kw)
+        self.conv_in = operations.Conv2d(config.in_channels, init, 3, padding=1, dtype=dtype, device=device)
+        self.encoder_hid_proj = EncoderProjection(config.encoder_hid_dim, config.cross_attention_dim, **kw)
         widths, n = (init,) + tuple(config.block_out_channels), len(config.block_out_channels)
         self.down_blocks = nn.ModuleList([
-            DownBlock(widths[i], widths[i + 1], CROSS_ATTENTION[i], SELF_ATTENTION[i], i < n - 1, b) for i in range(n)])
+            DownBlock(widths[i], widths[i + 1], CROSS_ATTENTION[i], SELF_ATTENTION[i], i < n - 1, config, **kw)
+            for i in range(n)])
         self.up_blocks = nn.ModuleList([  # up level i mirrors down level n-1-i; from the second on it takes a skip
             UpBlock(widths[n - i], widths[n - i] if i else 0, widths[n - 1 - i], CROSS_ATTENTION[-1 - i],
-                    SELF_ATTENTION[-1 - i], i > 0, b) for i in range(n)])
-        self.conv_norm_out = ops.GroupNorm(config.groups, init, **dd)
-        self.conv_out = ops.Conv2d(init, config.in_channels, 3, padding=1, **dd)
+                    SELF_ATTENTION[-1 - i], i > 0, config, **kw) for i in range(n)])
+        self.conv_norm_out = operations.GroupNorm(config.groups, init, dtype=dtype, device=device)
+        self.conv_out = operations.Conv2d(init, config.in_channels, 3, padding=1, dtype=dtype, device=device)
 
     def forward(self, x, timesteps, context, context_mask=None):
         """ε for latents x (B, 4, h, w) at `timesteps` (scalar or (B,)), given T5 hidden states `context` (B, L, 4096)
