@@ -56,7 +56,8 @@ class MultilingualCLIP(nn.Module):
         return self.LinearTransformation(pooled), hidden
 
 
-def _tokenize(tokenizer, prompts, **kwargs):
+def tokenize(tokenizer, prompts, **kwargs):
+    """Pad or cut prompts to the 77 tokens both Kandinsky 2.x tokenizers use, as PyTorch tensors."""
     prompts = [encodable(p) for p in prompts] if isinstance(prompts, (list, tuple)) else encodable(prompts)
     return tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt",
                      **kwargs)
@@ -64,7 +65,7 @@ def _tokenize(tokenizer, prompts, **kwargs):
 
 def encode_text(tokenizer, text_encoder, prompts, device):
     """Kandinsky 2.1 decoder prompt encoding: (text_embeds (B, 768), hidden_states (B, 77, 1024), attention_mask (B, 77))."""
-    tokens = _tokenize(tokenizer, prompts, return_attention_mask=True, add_special_tokens=True)
+    tokens = tokenize(tokenizer, prompts, return_attention_mask=True, add_special_tokens=True)
     input_ids, attention_mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
     text_embeds, hidden_states = text_encoder(input_ids=input_ids, attention_mask=attention_mask)
     return text_embeds, hidden_states, attention_mask
@@ -75,6 +76,6 @@ def encode_clip_prompt(tokenizer, clip_text_model, prompts, device):
 
     The text model gets no attention mask, as in the original prior; the mask only reaches the prior transformer.
     """
-    tokens = _tokenize(tokenizer, prompts)
+    tokens = tokenize(tokenizer, prompts)
     out = clip_text_model(tokens.input_ids.to(device))
     return out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(device)

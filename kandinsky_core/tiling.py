@@ -24,7 +24,7 @@ def _check_tile(tile, overlap):
                              "overlap between 0 and tile - 1 (a quarter of the tile works well).")
 
 
-def _starts(size, tile, overlap):
+def tile_starts(size, tile, overlap):
     """Tile offsets along one axis: the first at 0, the last flush with the end, evenly spread, overlapping ≥ `overlap`."""
     if size <= tile:
         return [0]
@@ -35,7 +35,7 @@ def _starts(size, tile, overlap):
 def tile_count(height, width, tile, overlap):
     """How many tiles cover one (height, width) input; sizes in the units of `decode_tiled` / `encode_tiled` input."""
     _check_tile(tile, overlap)
-    return len(_starts(height, tile, overlap)) * len(_starts(width, tile, overlap))
+    return len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
 
 
 def _ramp(starts, i, length, scale):
@@ -59,7 +59,7 @@ def _run_tiled(fn, x, grid_hw, tile, overlap, scale_in, scale_out, output_device
                              "dimension.")
     batch = x.shape[0]
     height, width = grid_hw
-    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     th, tw = min(tile, height), min(tile, width)
     out, total = None, torch.zeros(height * scale_out, width * scale_out, device=output_device)
     steps, step = batch * len(rows) * len(cols), 0

@@ -8,7 +8,7 @@ from kandinsky_core import loading
 from kandinsky_core.kandinsky3.tiny_text import write_tokenizer
 from kandinsky_core.kandinsky3.tokenizer import load_tokenizer as load_t5_tokenizer
 from kandinsky_core.prompts import encodable
-from kandinsky_core.text_encoder import _tokenize
+from kandinsky_core.text_encoder import tokenize
 from kandinsky_core.tiny_tokenizers import write_clip_tokenizer, write_xlmr_tokenizer
 
 LONE, REPLACED = "a red \ud800 cat \udfff", "a red \ufffd cat \ufffd"
@@ -40,8 +40,8 @@ def test_2x_tokenizers_read_lone_surrogates_as_replacement(tokenizers, kind):
     with pytest.raises(TypeError):  # what Kandinsky Prior Encode used to show
         tok([LONE], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     for prompts in ([LONE], LONE, (LONE, "ok")):
-        got = _tokenize(tok, prompts).input_ids
-        want = _tokenize(tok, [REPLACED] if isinstance(prompts, str) else [REPLACED, *prompts[1:]]).input_ids
+        got = tokenize(tok, prompts).input_ids
+        want = tokenize(tok, [REPLACED] if isinstance(prompts, str) else [REPLACED, *prompts[1:]]).input_ids
         assert torch.equal(got, want)
 
 

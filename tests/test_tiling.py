@@ -158,6 +158,6 @@ def test_latent_of_wrong_channels_is_refused_with_the_movq_message(movq):
 
 
 def test_tile_grid_is_the_smallest_even_cover():
-    assert tiling._starts(10, 4, 1) == [0, 3, 6]
-    assert tiling._starts(13, 8, 3) == [0, 5]
-    assert tiling._starts(5, 8, 3) == [0]
+    assert tiling.tile_starts(10, 4, 1) == [0, 3, 6]
+    assert tiling.tile_starts(13, 8, 3) == [0, 5]
+    assert tiling.tile_starts(5, 8, 3) == [0]
