@@ -1,11 +1,12 @@
-"""Kandinsky 3 parts of benchmarks/bench.py: UNet step, T5 encode and load, kandinsky_core against diffusers'
+"""Kandinsky 3 kinds of benchmarks/bench.py: UNet step, T5 encode and load, kandinsky_core against diffusers'
 `Kandinsky3UNet` and transformers' `T5EncoderModel` on the same random weights.
 
     python benchmarks/bench.py --only k3_unet,k3_t5                        # CPU: fp32 + bf16 at 256², 512²; bf16 T5
+    python benchmarks/bench_k3.py                                          # the same: bench.py, K3 kinds by default
     python benchmarks/bench.py --only load --models "3 UNet,3 T5"          # load times and anonymous peak memory
     python benchmarks/bench.py --only k3_unet,k3_t5,load --models "3 UNet,3 T5" --k3-tiny   # dry run, tiny models
 
-The weights are kandinsky-3's published layout with random values (`k3_memory.write_folder`: fp16-variant files, the
+The weights are kandinsky-3's published layout with random values (`harness.write_k3_folder`: fp16-variant files, the
 T5 in shards with fp32 `wo`), read from --k3-folder (default: the folder k3_memory.py writes; written there if absent,
 ~28 GB); --k3-tiny writes tiny models into <workdir>/k3-tiny instead (a dry run: its rows are not figures). The same
 command on a GPU steps the UNet in fp16 and bf16 at 768² and 1024² and encodes with the T5 in fp16 (fp32 `wo`) and
@@ -24,17 +25,11 @@ import tempfile
 
 import torch
 
+import harness as H
+
 TOKENS, PROMPT_TOKENS = 128, 127
-PROMPT = "a red cat sitting on a windowsill, oil painting, high quality"
 DEFAULT_FOLDER = os.path.join(tempfile.gettempdir(), "k3_memory", "models", "kandinsky", "kandinsky-3")  # k3_memory.py's
 ORACLE = {"k3_unet": "diffusers", "k3_t5": "transformers"}
-B = None  # the bench module (bench.py run as a script), whose helpers these parts use; set by `register`
-
-
-def register(bench):
-    """Use bench.py's helpers (dtypes, timing, peak memory, child processes) in these parts."""
-    global B
-    B = bench
 
 
 def add_arguments(parser):
@@ -45,26 +40,18 @@ def add_arguments(parser):
     parser.add_argument("--k3-sizes", help="K3 UNet step sizes, comma separated (default 256,512 on CPU, 768,1024 on CUDA)")
 
 
-def wanted(args, only):
-    """True if the parts in `only` (or the load part's --models) include Kandinsky 3."""
-    return any(p in PARTS for p in only) or ("load" in only and any(B.MODELS[m]["folder"] == "k3" for m in args.models))
-
-
-def setup(args, base, only, rows):
+def setup(args, base, rows):
     """Write (once) the kandinsky-3 folder the K3 parts need, add it to `base` and a row naming it to `rows`."""
-    if not wanted(args, only):
-        return
     folder = os.path.join(args.workdir, "k3-tiny", "kandinsky-3") if args.k3_tiny else args.k3_folder
     if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "model_index.json")):
         raise SystemExit(f"{folder} has no model_index.json: it is being written or its writing stopped. Wait for it, "
                          "or delete the folder to have it written again.")
-    from k3_memory import write_folder
-    write_folder(folder, args.k3_tiny)
+    H.write_k3_folder(folder, args.k3_tiny)
     base["folders"]["k3"] = folder
-    base["k3_out"] = os.path.join(args.workdir, "k3-out-tiny" if args.k3_tiny else "k3-out")
+    base["outputs"] = os.path.join(args.workdir, "k3-out-tiny" if args.k3_tiny else "k3-out")
     base["k3_tiny"] = args.k3_tiny
-    os.makedirs(base["k3_out"], exist_ok=True)
-    rows.append(f"Kandinsky 3 weights: {folder}" + (" (TINY models: a dry run, not the figures)" if args.k3_tiny else ""))
+    os.makedirs(base["outputs"], exist_ok=True)
+    rows.append(f"Kandinsky 3 weights: {folder}" + (H.TINY_NOTE if args.k3_tiny else ""))
 
 
 # ---------------------------------------------------------------- both sides' loaders and calls
@@ -126,42 +113,16 @@ def t5_encode(side, model, ids, mask):
     return model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
-def output_file(spec, what):
-    """Where a child saves one side's output for the comparison."""
-    return os.path.join(spec["k3_out"], f"{spec['task']}-{spec['side']}-{spec['dtype']}-{what}.pt")
-
-
-def save(spec, what, out):
-    """Save one output (on the CPU) for the comparison."""
-    torch.save(out.detach().cpu(), output_file(spec, what))
-
-
-def compare(spec, what):
-    """'bit-exact', or the relative L2 distance of our output to the oracle's (both read from the children's files)."""
-    ours, theirs = (torch.load(output_file({**spec, "side": side}, what), weights_only=True)
-                    for side in ("ours", "theirs"))
-    if torch.equal(ours, theirs):
-        return "bit-exact"
-    ours, theirs, oracle = ours.float(), theirs.float(), ORACLE[spec["task"]]
-    finite = "" if torch.isfinite(ours).all() and torch.isfinite(theirs).all() else ", NOT FINITE"
-    return f"|ours - {oracle}| / |{oracle}| {((ours - theirs).norm() / theirs.norm()).item():.1e}{finite}"
-
-
 # ---------------------------------------------------------------- child processes: one side each
-
-def anon_now(memory):
-    """Anonymous memory in use now, GB (`memory.read()` gives the peak since the last reset)."""
-    return memory.now()["anon"] / 2**30
-
 
 def _load(loader, path, dtype, device, memory):
     """(model, {"load_s", "model_anon_gb", "load_peak_anon_gb"}): one side loaded, the anonymous memory it holds
     afterwards, and the process's anonymous peak while loading."""
     preload()
     memory.reset()
-    start = anon_now(memory)
-    model, load_s = B.timed(lambda: loader(path, dtype, device), device)
-    return model, {"load_s": load_s, "model_anon_gb": anon_now(memory) - start,
+    start = memory.anon_now()
+    model, load_s = H.timed(lambda: loader(path, dtype, device), device)
+    return model, {"load_s": load_s, "model_anon_gb": memory.anon_now() - start,
                    "load_peak_anon_gb": memory.read()["anon_gb"]}
 
 
@@ -170,22 +131,22 @@ def child_unet(spec, device, memory):
     """One side's guided UNet steps at each size: times, FLOPs, peak memory; each output saved for the comparison."""
     from torch.utils.flop_counter import FlopCounterMode
     from kandinsky_core.kandinsky3.loading import read_unet_config
-    dtype, side = B.DTYPES[spec["dtype"]], spec["side"]
+    dtype, side = H.DTYPES[spec["dtype"]], spec["side"]
     path = os.path.join(spec["folders"]["k3"], "unet")
     width = read_unet_config(path).encoder_hid_dim
     unet, result = _load(ours_unet if side == "ours" else theirs_unet, path, dtype, device, memory)
-    result["matmul_peak"] = B.matmul_peak(dtype, device) if side == "ours" else None  # the rows use ours
+    result["matmul_peak"] = H.matmul_peak(dtype, device) if side == "ours" else None  # the rows use ours
     result["sizes"] = {}
     for size in spec["sizes"]:
         inputs = unet_inputs(width, size, device, dtype)
         memory.reset()
-        loaded = anon_now(memory)
+        loaded = memory.anon_now()
         counter = FlopCounterMode(display=False)
         with counter:  # also the warm-up
             out = unet_step(side, unet, *inputs)
-        times = [B.timed(lambda: unet_step(side, unet, *inputs), device)[1] for _ in range(spec["repeats"])]
+        times = [H.timed(lambda: unet_step(side, unet, *inputs), device)[1] for _ in range(spec["repeats"])]
         peak = memory.read()
-        save(spec, size, out)
+        H.save(spec, size, out)
         result["sizes"][str(size)] = {"flops": counter.get_total_flops(), "times": times,
                                       "step_anon_gb": peak["anon_gb"] - loaded, "cuda_gb": peak["cuda_gb"]}
     return result
@@ -195,22 +156,19 @@ def child_unet(spec, device, memory):
 def child_t5(spec, device, memory):
     """One side's T5: load, first and repeated encodes of the prompt, peak memory; the output saved for the comparison."""
     from kandinsky_core.kandinsky3.tokenizer import load_tokenizer
-    dtype, side, folder = B.DTYPES[spec["dtype"]], spec["side"], spec["folders"]["k3"]
-    ids, mask = (t.to(device) for t in load_tokenizer(folder)(PROMPT, max_length=TOKENS))
+    dtype, side, folder = H.DTYPES[spec["dtype"]], spec["side"], spec["folders"]["k3"]
+    ids, mask = (t.to(device) for t in load_tokenizer(folder)(H.K3_PROMPT, max_length=TOKENS))
     model, result = _load(ours_t5 if side == "ours" else theirs_t5, os.path.join(folder, "text_encoder"), dtype, device,
                           memory)
     memory.reset()
-    loaded = anon_now(memory)
-    out, first_s = B.timed(lambda: t5_encode(side, model, ids, mask), device)
-    times = [B.timed(lambda: t5_encode(side, model, ids, mask), device)[1] for _ in range(spec["repeats"])]
+    loaded = memory.anon_now()
+    out, first_s = H.timed(lambda: t5_encode(side, model, ids, mask), device)
+    times = [H.timed(lambda: t5_encode(side, model, ids, mask), device)[1] for _ in range(spec["repeats"])]
     peak = memory.read()
-    save(spec, "prompt", out)
+    H.save(spec, "prompt", out)
     return {**result, "first_s": first_s, "times": times, "tokens": int(mask.sum()),
             "anon_gb": max(peak["anon_gb"], result["load_peak_anon_gb"]), "encode_anon_gb": peak["anon_gb"] - loaded,
             "cuda_gb": peak["cuda_gb"]}
-
-
-CHILDREN = {"k3_unet": child_unet, "k3_t5": child_t5}
 
 
 # ---------------------------------------------------------------- the rows
@@ -227,7 +185,12 @@ def label(base):
 
 def sides(base, spec):
     """{side: result} of one child per side, ours first, for the same spec."""
-    return {side: B.child({**base, **spec, "side": side}) for side in ("ours", "theirs")}
+    return {side: H.child({**base, **spec, "side": side}) for side in ("ours", "theirs")}
+
+
+def compare(base, spec, what):
+    """The two sides' saved outputs compared, named after this task's oracle."""
+    return H.compare({**base, **spec}, what, ORACLE[spec["task"]])
 
 
 def cuda_note(o, t):
@@ -235,7 +198,7 @@ def cuda_note(o, t):
     return "" if o["cuda_gb"] is None else f", CUDA max allocated ours {o['cuda_gb']:.2f} GB, {t['cuda_gb']:.2f} GB"
 
 
-def bench_unet(args, base, rows):
+def run_unet(args, base, rows):
     """K3 UNet step rows per dtype and size: medians, ratio, distance, FLOPs against that dtype's matmul peak."""
     default = per_device(args, "256,512", "768,1024")
     sizes = [int(s) for s in (args.k3_sizes or default).split(",")]
@@ -249,31 +212,28 @@ def bench_unet(args, base, rows):
                     f"{t['load_s']:.1f}s +{t['model_anon_gb']:.2f} GB (peak {t['load_peak_anon_gb']:.2f} GB)")
         for size in sizes:
             ro, rt = o["sizes"][str(size)], t["sizes"][str(size)]
-            ours, theirs = B.med(ro["times"]), B.med(rt["times"])
+            ours, theirs = H.med(ro["times"]), H.med(rt["times"])
             rows.append(f"{label(base)} UNet step {dtype} {size}² batch 2, {TOKENS} tokens | ours {ours:.3f}s | diffusers "
-                        f"{theirs:.3f}s | ratio {ours / theirs:.2f} | {compare({**base, **spec}, size)} | "
+                        f"{theirs:.3f}s | ratio {ours / theirs:.2f} | {compare(base, spec, size)} | "
                         f"{ro['flops'] / 1e12:.2f} TFLOP, ours {100 * ro['flops'] / ours / peak:.0f}% of peak, diffusers "
                         f"{100 * ro['flops'] / theirs / peak:.0f}% | step peak anon above the model ours "
                         f"+{ro['step_anon_gb']:.2f} GB, diffusers +{rt['step_anon_gb']:.2f} GB{cuda_note(ro, rt)}")
 
 
-def bench_t5(args, base, rows):
+def run_t5(args, base, rows):
     """K3 T5 encode rows per dtype: load, first and median encode, peak anonymous memory, distance."""
     for dtype in per_device(args, ("bf16",), ("fp16", "bf16")):
         spec = {"task": "k3_t5", "dtype": dtype, "repeats": args.repeats}
         got = sides(base, spec)
         o, t = got["ours"], got["theirs"]
-        ours, theirs = B.med(o["times"]), B.med(t["times"])
+        ours, theirs = H.med(o["times"]), H.med(t["times"])
         wo = " (fp32 wo)" if dtype == "fp16" else ""
         rows.append(f"{label(base)} T5 encode {dtype}{wo}, 1 prompt of {o['tokens']} tokens padded to {TOKENS} | ours "
                     f"{ours:.3f}s (first {o['first_s']:.3f}s) | transformers {theirs:.3f}s (first {t['first_s']:.3f}s) | "
-                    f"ratio {ours / theirs:.2f} | {compare({**base, **spec}, 'prompt')} | load ours {o['load_s']:.1f}s, "
+                    f"ratio {ours / theirs:.2f} | {compare(base, spec, 'prompt')} | load ours {o['load_s']:.1f}s, "
                     f"transformers {t['load_s']:.1f}s | peak anon ours {o['anon_gb']:.2f} GB (model +{o['model_anon_gb']:.2f}, "
                     f"encode +{o['encode_anon_gb']:.2f}), transformers {t['anon_gb']:.2f} GB (model "
                     f"+{t['model_anon_gb']:.2f}, encode +{t['encode_anon_gb']:.2f}){cuda_note(o, t)}")
-
-
-PARTS = {"k3_unet": bench_unet, "k3_t5": bench_t5}
 
 
 def load_cases(args, base, name):
@@ -287,3 +247,18 @@ def load_cases(args, base, name):
     cases.append(("cold page cache, fp16 file → fp16", {**ours, "dtype": "fp16", "cold": True},
                   [{**theirs, "dtype": "fp16", "cold": True}]))
     return cases
+
+
+# The "3 UNet" and "3 T5" entries of bench_load.MODELS: fp16 files, hence their own load cases; "preload" imports what
+# a side would otherwise import inside its timing.
+LOAD_MODELS = {
+    "3 UNet": {"folder": "k3", "path": "unet", "ours": ours_unet, "theirs": theirs_unet, "cases": load_cases,
+               "preload": preload},
+    "3 T5": {"folder": "k3", "path": "text_encoder", "ours": ours_t5, "theirs": theirs_t5, "cases": load_cases,
+             "preload": preload, "oracle": "transformers"},
+}
+
+
+if __name__ == "__main__":  # bench.py's command line, its --only defaulting to the Kandinsky 3 kinds
+    import bench
+    bench.main(only="k3_unet,k3_t5")

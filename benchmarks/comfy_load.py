@@ -27,38 +27,25 @@ starts, `cold` evicts them from the page cache (fsync + posix_fadvise DONTNEED).
 an SD1.5-like UNet cut to one level (CLIPLoader with the CLIP-L stand-in), at 64². Runs on CUDA when ComfyUI's
 python has it (without --cpu), else on the CPU.
 """
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
-import torch
-from safetensors.torch import save_file
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "benchmarks")]
-
-from comfy_server import COMFYUI_DIR, COMFYUI_PYTHON, REPO, ComfyServer  # noqa: E402
-from graphs import Graph  # noqa: E402
-from k3_memory import node_durations, random_tensor, write_module, write_t5  # noqa: E402
-
-from kandinsky_core import schedulers  # noqa: E402
-from kandinsky_core.config import to_dict  # noqa: E402
-from kandinsky_core.kandinsky3.t5 import FLAN_UL2  # noqa: E402
-from kandinsky_core.kandinsky3.tiny_text import T5_TINY, write_tokenizer  # noqa: E402
-from kandinsky_core.kandinsky3.unet import UNET3, UNET3_TINY, UNet  # noqa: E402
+import harness as H  # first: it puts the repository and tests/ on the path
+from comfy_server import COMFYUI_DIR, COMFYUI_PYTHON
+from graphs import Graph
+from kandinsky_core.kandinsky3.t5 import FLAN_UL2
+from kandinsky_core.kandinsky3.tiny_text import T5_TINY
+from kandinsky_core.kandinsky3.unet import UNET3, UNET3_TINY
 
 K3 = "kandinsky-3-standin"  # under models/kandinsky/
 CORE_UNET = "sdxl-unet-random.safetensors"  # under models/diffusion_models/
 CLIPS = {"clip_l": "clip-l-standin.safetensors", "clip_g": "clip-g-standin.safetensors"}  # under models/text_encoders/
 # The layers each stand-in holds: the keys ComfyUI tells CLIP-L (layers 0 and 1) and CLIP-G (layer 30) apart by.
 CLIP_LAYERS = {"clip_l": (0, 1), "clip_g": (30,)}
-PROMPT = "a red cat sitting on a windowsill, oil painting, high quality"
 SAMPLER, SCHEDULER, CFG = "euler", "normal", 4.0
 GB = 1e9  # decimal, as the published sizes (K3 6.1 GB, SDXL 5.1 GB fp16)
 # The SDXL UNet layout besides the keys ComfyUI recognises SDXL by (supported_models.SDXL.unet_config), as its
@@ -95,20 +82,12 @@ def core_shapes(tiny):
     target, layout, clips = ("SD15", TINY_LAYOUT, ["clip_l"]) if tiny else ("SDXL", CORE_LAYOUT, list(CLIPS))
     done = subprocess.run([COMFYUI_PYTHON, "-c", SHAPES_CHILD, target, json.dumps(layout), ",".join(clips)],
                           cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if not lines:
+    out = H.result_of(done.stdout)
+    if out is None:
         raise RuntimeError(f"ComfyUI's python could not build the {target} shapes:\n{done.stderr[-2000:]}")
-    out = json.loads(lines[-1][7:])
     if out["detected"] != target:
         raise RuntimeError(f"ComfyUI detects the random {target} UNet as {out['detected']}, not {target}")
     return out
-
-
-def save_random(shapes, path, seed):
-    """One fp16 safetensors file of random weights of the given {key: shape}."""
-    g = torch.Generator().manual_seed(seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file({k: random_tensor(k, s, g, torch.float16) for k, s in shapes.items()}, path, metadata={"format": "pt"})
 
 
 def write_core(models, tiny):
@@ -119,8 +98,8 @@ def write_core(models, tiny):
         for seed, (name, shapes) in enumerate(out["clips"].items(), 10):
             keep = {k: s for k, s in shapes.items()
                     if ".layers." not in k or any(f".layers.{n}." in k for n in CLIP_LAYERS[name])}
-            save_random(keep, os.path.join(models, "text_encoders", CLIPS[name]), seed)
-        save_random(out["unet"], unet + ".part", 3)
+            H.save_random(keep, os.path.join(models, "text_encoders", CLIPS[name]), seed)
+        H.save_random(out["unet"], unet + ".part", 3)
         os.replace(unet + ".part", unet)  # last: its presence means the side is complete
     return out["cuda"]
 
@@ -130,24 +109,16 @@ def write_ours(folder, tiny):
     done = os.path.join(folder, "written")
     if os.path.isfile(done):
         return
-    unet = UNET3_TINY if tiny else UNET3
-    write_module(UNet(unet, device="meta"), to_dict(unet, "Kandinsky3UNet"), os.path.join(folder, "unet"), 0)
-    write_t5(os.path.join(folder, "text_encoder"), replace(T5_TINY if tiny else FLAN_UL2, num_layers=1), 2)
-    write_tokenizer(os.path.join(folder, "tokenizer"))
-    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
-    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump(schedulers.KANDINSKY_3_DDPM, f, indent=2)
+    H.write_k3_parts(folder, UNET3_TINY if tiny else UNET3, replace(T5_TINY if tiny else FLAN_UL2, num_layers=1))
     open(done, "w").close()
 
 
 def side_files(models, side, tiny):
     """{"unet": [...], "text": [...]}: the weight files one side's run reads."""
-    def listed(folder):
-        return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
-
     if side == "ours":
         folder = os.path.join(models, "kandinsky", K3)
-        return {"unet": listed(os.path.join(folder, "unet")), "text": listed(os.path.join(folder, "text_encoder"))}
+        return {"unet": H.weight_files(os.path.join(folder, "unet")),
+                "text": H.weight_files(os.path.join(folder, "text_encoder"))}
     clips = ["clip_l"] if tiny else list(CLIPS)
     return {"unet": [os.path.join(models, "diffusion_models", CORE_UNET)],
             "text": [os.path.join(models, "text_encoders", CLIPS[c]) for c in clips]}
@@ -163,24 +134,12 @@ def workflow(side, args):
         unet = g.add("UNETLoader", unet_name=CORE_UNET, weight_dtype="default")
         clip = (g.add("CLIPLoader", clip_name=CLIPS["clip_l"], type="stable_diffusion") if args.tiny else
                 g.add("DualCLIPLoader", clip_name1=CLIPS["clip_l"], clip_name2=CLIPS["clip_g"], type="sdxl"))
-    text = g.add("CLIPTextEncode", clip=clip[0], text=PROMPT)
+    text = g.add("CLIPTextEncode", clip=clip[0], text=H.K3_PROMPT)
     latent = g.empty_latent(args.size, args.size)
     sampler = g.add("KSampler", model=unet[0], positive=text[0], negative=text[0], latent_image=latent[0], seed=0,
                     steps=args.steps, cfg=CFG, sampler_name=SAMPLER, scheduler=SCHEDULER, denoise=1.0)
     g.save_latent(sampler[0], "comfy_load")
     return g.prompt, {"unet": unet.id, "clip": clip.id, "encode": text.id, "sampler": sampler.id}
-
-
-def set_page_cache(files, cold):
-    """Evict the files from the page cache (cold), or read each through once (warm)."""
-    for path in files:
-        with open(path, "rb") as f:
-            if cold:
-                os.fsync(f.fileno())  # dirty pages (a freshly written file) are not evicted
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            else:
-                while f.read(1 << 24):
-                    pass
 
 
 class StampedMessages(list):
@@ -191,6 +150,7 @@ class StampedMessages(list):
         self.times = []
 
     def append(self, message):
+        """Keep `message` with its arrival time."""
         self.times.append(time.monotonic())
         super().append(message)
 
@@ -198,14 +158,14 @@ class StampedMessages(list):
 def timings(stamped, nodes, posted):
     """Seconds: first step (from POST), UNet loader, text encoder loader + encode, step, from one prompt's
     (arrival time, message) pairs."""
-    took = node_durations(stamped)
+    took = H.node_durations(stamped)
     # Newer ComfyUI throttles progress messages (e.g. steps 1 and 3 of 3): time per step from the step counts.
     progress = [(t, m["data"]["value"]) for t, m in stamped
                 if m["type"] == "progress" and m["data"].get("node") == nodes["sampler"]]
     per_step = [(b - a) / (vb - va) for (a, va), (b, vb) in zip(progress, progress[1:]) if vb > va]
     if not per_step:
         raise RuntimeError(f"the sampler sent {len(progress)} progress messages; run at least 2 steps")
-    step = statistics.median(per_step)
+    step = H.med(per_step)
     (t, value), *_ = progress
     first, text = t - value * step - posted, took.get(nodes["clip"], 0) + took.get(nodes["encode"], 0)
     return {"first_step_s": first, "text_s": text, "without_text_s": first - text,
@@ -214,18 +174,16 @@ def timings(stamped, nodes, posted):
 
 def run(side, args, base, files, cold):
     """One prompt of `side` in a fresh server after setting the page cache; its timings."""
-    set_page_cache(files["unet"] + files["text"], cold)
+    H.set_page_cache(files["unet"] + files["text"], cold)
     prompt, nodes = workflow(side, args)
-    with ComfyServer(base, pack_dir=REPO, pack_name="comfyui-kandinsky2", cpu=not args.cuda) as server, \
-            server.listen() as ws:
+    with H.comfy_server(base, args.cuda) as server, server.listen() as ws:
         ws.messages = StampedMessages()
         posted = time.monotonic()
         prompt_id = server.queue(prompt)
         ws.wait_for(prompt_id, timeout=args.timeout)
         entry = server.wait(prompt_id, timeout=60)
         if entry["status"]["status_str"] != "success":
-            errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
-            raise RuntimeError(f"{side} failed: {json.dumps(errors)[:2000]}\n{server.log_tail()}")
+            raise RuntimeError(f"{side} failed: {json.dumps(H.execution_errors(entry))[:2000]}\n{server.log_tail()}")
         stamped = [(t, m) for t, m in zip(ws.messages.times, ws.messages)
                    if (m.get("data") or {}).get("prompt_id") == prompt_id]
     return timings(stamped, nodes, posted)
@@ -235,7 +193,7 @@ def rows(results, args, sizes, cuda):
     """bench.py-style rows: per cache mode, medians of ours, core, and their ratio."""
     def line(mode, label, key, per_gb=False):
         unit, scale = (" s/GB", sizes) if per_gb else ("s", {"ours": 1, "core": 1})
-        o, c = (statistics.median(r[key] for r in results[mode][s]) / scale[s] for s in ("ours", "core"))
+        o, c = (H.med([r[key] for r in results[mode][s]]) / scale[s] for s in ("ours", "core"))
         return f"  {label} | ours {o:.3f}{unit} | core {c:.3f}{unit} | ratio {o / c:.2f}"
 
     out = []
@@ -243,7 +201,7 @@ def rows(results, args, sizes, cuda):
         out.append(f"{mode} page cache, cold model (fresh server per run), {args.size}², {args.steps} steps {SAMPLER}/"
                    f"{SCHEDULER} cfg {CFG}, {'CUDA' if cuda else 'CPU'}, medians of {args.repeats}; ours Kandinsky 3 "
                    f"UNet ({sizes['ours']:.2f} GB), core {'SD1.5-like' if args.tiny else 'SDXL'} UNet "
-                   f"({sizes['core']:.2f} GB){' (TINY models: a dry run, not the figures)' if args.tiny else ''}")
+                   f"({sizes['core']:.2f} GB){H.TINY_NOTE if args.tiny else ''}")
         out += [line(mode, "POST /prompt → first sampling step", "first_step_s"),
                 line(mode, "  of which text encoder loader + CLIP Text Encode (stand-ins)", "text_s"),
                 line(mode, "first sampling step without the text encoder", "without_text_s"),
@@ -255,21 +213,19 @@ def rows(results, args, sizes, cuda):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="tiny models: a dry run of the script")
-    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "comfy_load"),
-                   help="ComfyUI base directory; the weights go under its models/")
+    """Write both sides' weights once, run them alternately in fresh servers per cache mode, print the rows."""
+    p = H.comfy_parser(__doc__, "comfy_load", "the weights go under its models/")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--size", type=int, help="image size, latent size / 8 (default 256; --tiny: 64)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--cold", action="store_true", help="only cold page cache runs")
     p.add_argument("--warm", action="store_true", help="only warm page cache runs")
-    p.add_argument("--weight-dtype", default="default", choices=["default", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2"],
+    p.add_argument("--weight-dtype", default="default", choices=H.WEIGHT_DTYPES,
                    help="our loaders' weight_dtype (core's Load Diffusion Model stays at default)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per prompt")
     args = p.parse_args()
     args.size = args.size or (64 if args.tiny else 256)
-    base = args.workdir + ("-tiny" if args.tiny and not args.workdir.endswith("-tiny") else "")
+    base = H.comfy_base(args)
     models = os.path.join(base, "models")
     t = time.monotonic()
     args.cuda = write_core(models, args.tiny)
