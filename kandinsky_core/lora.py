@@ -1,4 +1,5 @@
-"""Kandinsky 2.2 LoRAs: read both file namings, tell what a file is for, merge it into a model and take it out again.
+"""Kandinsky 2.2 and Kandinsky 3 UNet LoRAs: read both file namings, tell what a file is for, merge it into a model
+and take it out again.
 
 Files come from diffusers' Kandinsky 2.2 example trainers (diffusers 0.22-0.25:
 diffusers/examples/kandinsky2_2/text_to_image/train_text_to_image_lora_{decoder,prior}.py) and from trainers that
@@ -8,6 +9,10 @@ copied their format; the same low-rank pairs appear under two namings:
 - PEFT, as current diffusers converts them: `<module>.to_q.lora_A.weight` (down) / `.lora_B.weight` (up) with `to_out.0`,
   optionally prefixed `unet.` / `prior.`, optionally with `<name>.alpha`.
 `<module>` is one of the decoder UNet's 22 attention modules or one of the prior's 20 `transformer_blocks.N.attn1`.
+Kandinsky 3 has no trainer of its own, but its diffusers pipelines load LoRAs with the Stable Diffusion loader, so the
+files diffusers' generic LoRA trainers write for it use the same two namings over the K3 UNet's attention modules
+(`down_blocks.N.attentions.M.attention`, `up_blocks...`, `add_time_condition.attention`), `unet.` prefixed. The T5 text
+encoder takes no LoRA here: a file with T5 layers is refused rather than half applied.
 The merge is ComfyUI's: `W + strength · (alpha / rank if alpha is given else 1) · up @ down`, summed in float32.
 """
 import os
@@ -24,19 +29,27 @@ TARGETS = {
     "decoder": (re.compile(r"(?:down_blocks\.\d+\.attentions|mid_block\.attentions|up_blocks\.\d+\.attentions)\.\d+"),
                 ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")),
     "prior": (re.compile(r"transformer_blocks\.\d+\.attn1"), ("to_q", "to_k", "to_v", "to_out.0")),
+    "kandinsky3": (re.compile(r"(?:add_time_condition|(?:down|up)_blocks\.\d+\.attentions\.\d+)\.attention"),
+                   ("to_q", "to_k", "to_v", "to_out.0")),
 }
+KIND_NAMES = {"decoder": "Kandinsky 2.2 decoder", "prior": "Kandinsky 2.2 prior", "kandinsky3": "Kandinsky 3 UNet"}
 PREFIXES = ("unet.", "prior.")  # what diffusers' PEFT-style savers put in front
 SUFFIXES = (("_lora.up.weight", "up"), ("_lora.down.weight", "down"), (".lora_B.weight", "up"),
             (".lora_A.weight", "down"), (".alpha", "alpha"))
-DEFAULT_HINTS = {"decoder": "apply it to the decoder UNet", "prior": "apply it to the prior transformer"}
+DEFAULT_HINTS = {"decoder": "apply it to the decoder UNet", "prior": "apply it to the prior transformer",
+                 "kandinsky3": "apply it to the Kandinsky 3 UNet"}
+# Text-encoder layers (a T5's `encoder.block.N.layer.M`, diffusers' `text_encoder.` prefix, kohya's `lora_te`): no
+# Kandinsky text encoder takes a LoRA here.
+TEXT_ENCODER = re.compile(r"(^|\.)text_encoder(_2)?\.|^lora_te\d?_|(^|\.)encoder\.block\.\d+\.layer\.\d+\.")
 
 # Key patterns of LoRAs for other models, checked in order, to say what a foreign file is.
 FOREIGN = (
+    (r"(^|\.)encoder\.block\.\d+\.layer\.\d+\.", "a T5 text-encoder LoRA (Kandinsky 3's T5 takes no LoRA; "
+                                                "Kandinsky 3 LoRAs go on its UNet)"),
     (r"^lora_(unet|te\d?)_", "a Stable Diffusion LoRA (kohya naming)"),
     (r"(^|\.)(input_blocks|output_blocks|middle_block)\.", "a Stable Diffusion LoRA (original naming)"),
     (r"attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.", "a Stable Diffusion LoRA (diffusers naming)"),
     (r"(^|\.)text_encoder(_2)?\.", "a Stable Diffusion text-encoder LoRA"),
-    (r"attentions\.\d+\.attention\.to_|add_time_condition\.|feature_pooling\.", "a Kandinsky 3 LoRA"),
     (r"(^|\.)(double_blocks|single_blocks|single_transformer_blocks)\.", "a Flux LoRA"),
 )
 
@@ -61,7 +74,7 @@ class LoraPair:
 
 @dataclass
 class Lora:
-    """A parsed LoRA file: what it is for ('decoder' or 'prior') and its pairs by target layer (a module path)."""
+    """A parsed LoRA file: what it is for ('decoder', 'prior' or 'kandinsky3') and its pairs by target layer."""
 
     name: str
     kind: str
@@ -92,7 +105,7 @@ def _target(name):
 
 
 def target_kind(target):
-    """'decoder' or 'prior' for a layer a Kandinsky 2.2 LoRA may patch, else None."""
+    """'decoder', 'prior' or 'kandinsky3' for a layer a Kandinsky LoRA may patch, else None."""
     for kind, (modules, projections) in TARGETS.items():
         for projection in projections:
             if target.endswith("." + projection) and modules.fullmatch(target[: -len(projection) - 1]):
@@ -101,7 +114,7 @@ def target_kind(target):
 
 
 def describe(keys):
-    """What a LoRA that is not a Kandinsky 2.2 one is for, from its keys."""
+    """What a LoRA that is not a Kandinsky one is for, from its keys."""
     if not keys:
         return "an empty file"
     for pattern, what in FOREIGN:
@@ -111,7 +124,7 @@ def describe(keys):
 
 
 def _collect(state_dict, name):
-    """{target: {part: tensor}} and the kinds seen; KandinskyError if any key is not a Kandinsky 2.2 LoRA key."""
+    """{target: {part: tensor}} and the kinds seen; KandinskyError if any key is not a Kandinsky LoRA key."""
     parts, kinds, foreign = {}, set(), []
     for key, tensor in state_dict.items():
         split = _split_key(key)
@@ -124,22 +137,30 @@ def _collect(state_dict, name):
             raise KandinskyError(f"{name} gives the {split[1]} weights of {target} twice (in both namings); keep one.")
         parts[target][split[1]] = tensor
         kinds.add(kind)
+    text = [k for k in foreign if TEXT_ENCODER.search(k)]
+    if parts and text and len(text) == len(foreign):  # a UNet LoRA saved with its text encoder's layers
+        raise KandinskyError(f"{name} also holds {len(text)} text-encoder layers (e.g. {text[0]}); the pack applies "
+                             f"LoRAs to the {' and '.join(KIND_NAMES[k] for k in sorted(kinds))} only, not to a text "
+                             "encoder, and would ignore them: use a LoRA trained without the text encoder, or save it "
+                             "without its text_encoder.* keys.")
     if foreign or not parts:
-        raise KandinskyError(f"{name} is {describe(foreign or list(state_dict))}, not a Kandinsky 2.2 decoder or prior "
-                             f"LoRA ({len(foreign)} of {len(state_dict)} keys are not Kandinsky attention layers, e.g. "
-                             f"{(foreign or ['(none)'])[0]}); use a LoRA trained for Kandinsky 2.2.")
+        raise KandinskyError(f"{name} is {describe(foreign or list(state_dict))}, not a Kandinsky LoRA (2.2 decoder or "
+                             f"prior, or Kandinsky 3 UNet; {len(foreign)} of {len(state_dict)} keys are not Kandinsky "
+                             f"attention layers, e.g. {(foreign or ['(none)'])[0]}); use a LoRA trained for the "
+                             "Kandinsky model you load it onto.")
     if len(kinds) > 1:
-        raise KandinskyError(f"{name} mixes decoder and prior layers; Kandinsky 2.2 trainers write one file per model. "
-                             "Split it into a decoder LoRA and a prior LoRA.")
+        raise KandinskyError(f"{name} mixes {' and '.join(sorted(kinds))} layers; LoRA trainers write one file per "
+                             "model. Split it into one LoRA per model.")
     return parts, kinds.pop()
 
 
 def _pair(name, target, parts):
-    """A LoraPair from one layer's tensors, checking that up and down are both there and share a rank."""
+    """A LoraPair from one layer's tensors, checking that up and down are both there, share a rank and are finite."""
     up, down = parts.get("up"), parts.get("down")
     if up is None or down is None:
-        raise KandinskyError(f"{name} has only the {'down' if up is None else 'up'} weights of {target}; the file is "
-                             "incomplete, export the LoRA again.")
+        raise KandinskyError(f"{name} (a {KIND_NAMES[target_kind(target)]} LoRA) has only the "
+                             f"{'down' if up is None else 'up'} weights of {target}; the file is incomplete, export "
+                             "the LoRA again.")
     if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0]:
         raise KandinskyError(f"{name}: the ranks of {target} do not match (up {tuple(up.shape)}, down "
                              f"{tuple(down.shape)}; up must be (out, rank) and down (rank, in)); the file is damaged or "
@@ -148,34 +169,71 @@ def _pair(name, target, parts):
     if alpha is not None and alpha.numel() != 1:
         raise KandinskyError(f"{name}: the alpha of {target} holds {alpha.numel()} numbers, not one; export the LoRA "
                              "again.")
+    # Caught here, a NaN names the file; merged, it would only surface as a black image at MoVQ Decode.
+    if not all(bool(torch.isfinite(t).all()) for t in (up, down, alpha) if t is not None):
+        raise KandinskyError(f"{name} holds NaN or infinite values in the weights of {target} (a diverged training or "
+                             "a damaged file); remove this LoRA, or train or export it again.")
     return LoraPair(up, down, None if alpha is None else float(alpha))
 
 
 def parse_lora(state_dict, name="the LoRA"):
-    """A `Lora` from a LoRA state dict in either naming; KandinskyError naming `name` for anything else."""
+    """A `Lora` from a LoRA state dict in either naming; KandinskyError naming `name` for anything else (including
+    NaN or infinite weights)."""
     parts, kind = _collect(state_dict, name)
     return Lora(name, kind, {target: _pair(name, target, p) for target, p in sorted(parts.items())})
 
 
-def read_lora(path):
-    """Parse a LoRA file (.safetensors, or .bin/.pt read with weights_only)."""
+def _not_safetensors(path):
+    """Why a .safetensors/.sft file cannot be one (empty, text, another format), or None if its header looks sane."""
+    if not path.lower().endswith((".safetensors", ".sft")):
+        return None
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    header = int.from_bytes(head[:8], "little")
+    # A safetensors file opens with its JSON header's length, then the header itself ("{").
+    if size < 10 or header > size - 8 or head[8:9] != b"{":
+        kind = "a text file" if head.isascii() and head.decode("ascii").isprintable() else "another format"
+        return f"is not a safetensors file ({size} bytes, it looks like {kind}: it starts with {head[:8]!r})"
+    return None
+
+
+def read_state_dict(path):
+    """The tensors of a LoRA file (.safetensors, or .bin/.pt read with weights_only), refusing a file that is not one
+    with a KandinskyError naming it."""
     from .loading import iter_tensors  # loading pulls in transformers; only file readers need it
 
-    return parse_lora(dict(iter_tensors(os.fspath(path))), os.path.basename(path))
+    path, name = os.fspath(path), os.path.basename(path)
+    problem = _not_safetensors(path)
+    if problem is None:
+        try:
+            return dict(iter_tensors(path))
+        except KandinskyError as err:
+            problem = f"cannot be read ({err})"
+    raise KandinskyError(f"The LoRA {name} {problem}; pick a LoRA file in models/loras, or download or export this "
+                         "one again.")
+
+
+def read_lora(path):
+    """Parse a LoRA file (.safetensors, or .bin/.pt read with weights_only)."""
+    return parse_lora(read_state_dict(path), os.path.basename(os.fspath(path)))
 
 
 def check_fits(lora, kind, shapes, hints=DEFAULT_HINTS):
     """Refuse `lora` unless it is a `kind` LoRA whose every layer exists in `shapes` ({weight key: shape})."""
     if lora.kind != kind:
-        raise KandinskyError(f"{lora.name} is a Kandinsky 2.2 {lora.kind} LoRA ({len(lora.pairs)} layers), not a "
-                             f"{kind} LoRA; {hints[lora.kind]}.")
+        raise KandinskyError(f"{lora.name} is a {KIND_NAMES[lora.kind]} LoRA ({len(lora.pairs)} layers), not a "
+                             f"{KIND_NAMES[kind]} LoRA; {hints[lora.kind]}.")
     for target, pair in lora.pairs.items():
         shape = shapes.get(target + ".weight")
         wanted = (pair.up.shape[0], pair.down.shape[1])
         if shape is None or tuple(shape) != wanted:
             found = "has no such layer" if shape is None else f"has {tuple(shape)}"
-            raise KandinskyError(f"{lora.name} was made for a {kind} of another shape: its {target} is {wanted} but "
-                                 f"this {kind} {found}; use a LoRA trained on this model.")
+            what = KIND_NAMES[kind].removeprefix("Kandinsky 2.2 ")
+            raise KandinskyError(f"{lora.name} was made for a {what} of another shape: its {target} is {wanted} but "
+                                 f"this {what} {found}; use a LoRA trained on this model.")
 
 
 def lora_key_map(weight_keys, prefix=""):
@@ -193,7 +251,8 @@ def lora_key_map(weight_keys, prefix=""):
 
 
 def model_kind(model):
-    """The network a LoRA goes into and its kind: a UNet or PriorTransformer, or a DecoderModels / PriorModels."""
+    """The network a LoRA goes into and its kind: a UNet, K3 UNet or PriorTransformer, or the *Models holding one."""
+    from .kandinsky3.unet import UNet as UNet3
     from .prior import PriorTransformer
     from .unet import UNet
 
@@ -202,6 +261,8 @@ def model_kind(model):
         return model, "decoder"
     if isinstance(model, PriorTransformer):
         return model, "prior"
+    if isinstance(model, UNet3):
+        return model, "kandinsky3"
     raise KandinskyError(f"LoRAs go into a Kandinsky UNet or prior transformer, not a {type(model).__name__}.")
 
 
