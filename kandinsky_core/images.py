@@ -154,6 +154,12 @@ def dilate_hole(mask):
     return mask.masked_fill(F.conv2d(hole, kernel, padding=1) > 0, 0)
 
 
+def is_inpaint_hole(noise_mask, keep):
+    """Whether a noise mask is exactly the hole (1 - keep) of a latent keep-mask, the part inpainting repaints."""
+    mask = noise_mask.to(keep.device, keep.dtype)
+    return mask.numel() == keep.numel() and torch.equal(mask.reshape(keep.shape), 1 - keep)
+
+
 def postprocess(decoded, output_type="pil"):
     """Decoder output in [-1, 1] → "pt" (B, 3, H, W) tensor in [0, 1], "np" (B, H, W, 3) float32, or "pil" list."""
     if output_type not in OUTPUT_TYPES:

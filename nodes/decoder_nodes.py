@@ -4,6 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kandinsky_core import decoder_pipeline as D
+from ..kandinsky_core import images
 from ..kandinsky_core import schedulers as S
 from ..kandinsky_core.errors import KandinskyError
 from . import types
@@ -11,6 +12,11 @@ from .decoder_model import KandinskyDecoder, check_embeddings, hint_tensor
 from .progress import step_callback
 
 SAMPLERS = ["checkpoint", "ddpm", "ddim", "dpm++ 2m", "dpm++ 2m karras"]
+# Conditioning keys core nodes set that the pack's samplers have no way to honour (KSampler does): key → the node.
+# "strength" is not among them: KSampler divides each prediction by the strengths that cover it, so the strength of a
+# single full-image entry (all these samplers take) cancels there too.
+MODIFIERS = {"area": "Conditioning (Set Area)", "mask": "Conditioning (Set Mask)", "control": "Apply ControlNet",
+             "gligen": "GLIGEN Textbox Apply", "hooks": "conditioning hooks (Cond Set Props, Create Hook LoRA)"}
 
 
 def make_scheduler(config, sampler):
@@ -33,11 +39,43 @@ def decoder_of(model):
     return decoder
 
 
+def check_modifiers(cond, node, name):
+    """Refuse what core conditioning nodes added to `cond` that `node` would otherwise drop, pointing to KSampler."""
+    for _, extra in cond:
+        found = [what for key, what in MODIFIERS.items() if extra.get(key) is not None]
+        if (extra.get("start_percent", 0.0), extra.get("end_percent", 1.0)) != (0.0, 1.0):
+            found.append(f"Conditioning (Set Timestep Range) {extra.get('start_percent', 0.0)}-"
+                         f"{extra.get('end_percent', 1.0)}")
+        if found:
+            raise KandinskyError(f"The {name} conditioning carries {', '.join(found)}, which the {node} cannot "
+                                 "honour; use KSampler with this model (it honours them), or remove those nodes.")
+
+
+def check_latent(latent, node, fix, keep=None):
+    """Refuse a latent with a noise mask (Set Latent Noise Mask), which `node` would otherwise ignore; on the
+    inpainting path (`keep` from Kandinsky Inpaint Conditioning) the mask that node set is the hole it repaints."""
+    mask = latent.get("noise_mask")
+    if mask is not None and (keep is None or not images.is_inpaint_hole(mask, keep)):
+        raise KandinskyError(f"The latent_image carries a noise mask (Set Latent Noise Mask), which the {node} cannot "
+                             f"honour; {fix}")
+
+
+def check_denoise(denoise, steps):
+    """Refuse a denoise the core loops cannot run, in the nodes' words (the core calls it strength)."""
+    if not 0 <= denoise <= 1:
+        raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
+    if 0 < denoise < 1 and int(steps * denoise) < 1:
+        raise KandinskyError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps "
+                             "(denoise × steps must be at least 1), or set denoise to 0 to pass the latent through.")
+
+
 def read_conditioning(cond, name, decoder):
     """(image embeddings (B, dim), extra dict) of a single-entry Kandinsky CONDITIONING."""
     if len(cond) != 1:
         raise KandinskyError(f"The {name} conditioning has {len(cond)} entries (combined conditioning); the Kandinsky "
-                             "Decoder Sampler takes one: average embeddings with Kandinsky Interpolate instead.")
+                             "Decoder Sampler takes one: average embeddings with Kandinsky Interpolate instead, or use "
+                             "KSampler, which combines conditioning.")
+    check_modifiers(cond, "Kandinsky Decoder Sampler", name)
     emb, extra = cond[0]
     return check_embeddings(emb, decoder.variant, decoder.diffusion_model.unet.config.image_embed_dim, extra)[:, 0], extra
 
@@ -70,7 +108,8 @@ class DecoderSampler(io.ComfyNode):
                 io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint",
                                tooltip="checkpoint: the folder's scheduler (DDPM for 2.2, DDIM for 2.1)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it."),
+                               tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it, "
+                                       "0 returns it unchanged (as KSampler does)."),
                 # optional: API prompts saved before this input existed lack it
                 io.Boolean.Input("shared_noise", default=False, optional=True, tooltip=SHARED_NOISE_TIP),
             ],
@@ -84,6 +123,10 @@ class DecoderSampler(io.ComfyNode):
         decoder = decoder_of(model)
         emb, extra = read_conditioning(positive, "positive", decoder)
         neg, neg_extra = read_conditioning(negative, "negative", decoder)
+        check_latent(latent_image, "Kandinsky Decoder Sampler", "use an inpainting decoder with Kandinsky Inpaint "
+                     "Conditioning, or KSampler, which denoises inside it.", extra.get("kandinsky_inpaint_keep"))
+        if denoise == 0:  # as KSampler: nothing to denoise, the latent comes back as it is
+            return io.NodeOutput(dict(latent_image))
         mm.load_models_gpu([model])
         unet = decoder.diffusion_model
         core = D.DecoderModels(unet.unet, None, make_scheduler(decoder.scheduler_config, sampler), unet.text_encoder, decoder.tokenizer)
@@ -109,8 +152,7 @@ def repeats(embeddings, latents):
 def sample(core, cond, init, extra, denoise, run):
     """Pick the core loop: inpainting (from the conditioning), image-to-image (denoise < 1) or text-to-image."""
     device = next(core.unet.parameters()).device
-    if not 0 <= denoise <= 1:
-        raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
+    check_denoise(denoise, run["steps"])
     if core.unet.config.in_channels == 9:
         if "kandinsky_inpaint_latents" not in extra or denoise < 1:
             raise KandinskyError("The inpainting decoder needs Kandinsky Inpaint Conditioning and denoise 1.")

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..kandinsky_core.errors import KandinskyError
 from ..kandinsky_core.kandinsky3 import pipeline as K3
 from . import paths
-from .decoder_nodes import make_scheduler, repeats
+from .decoder_nodes import check_denoise, check_latent, check_modifiers, make_scheduler, repeats
 from .k3_model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet, release_text_encoders
 from .k3_text import load_clip
 from .progress import step_callback
@@ -38,7 +38,9 @@ class UNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet, weight_dtype):
-        return io.NodeOutput(load_unet(paths.resolve(unet), weight_dtype))
+        folder = paths.resolve(unet)
+        paths.check_kandinsky3(folder)  # names what is wrong with unet/config.json, before the loader's check
+        return io.NodeOutput(load_unet(folder, weight_dtype))
 
 
 class T5Loader(io.ComfyNode):
@@ -74,7 +76,20 @@ def read_conditioning(cond, name, width):
     if not cond or len(cond) != 1:
         raise KandinskyError(f"The {name} conditioning has {len(cond or [])} entries; the Kandinsky 3 Sampler takes one "
                              "(from CLIP Text Encode). Use KSampler for combined conditioning.")
+    check_modifiers(cond, "Kandinsky 3 Sampler", name)
     return check_conditioning(cond[0][0], cond[0][1], width, f"Kandinsky 3 Sampler, {name}")
+
+
+def read_inputs(k3, positive, negative, latent_image, sampler, steps, denoise):
+    """The (states, mask) pairs of positive and negative (None if unconnected), once every input is checked."""
+    width = k3.diffusion_model.unet.config.encoder_hid_dim
+    pos = read_conditioning(positive, "positive", width)
+    neg = read_conditioning(negative, "negative", width) if negative is not None else None
+    check_denoise(denoise, steps)
+    if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
+        raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
+    check_latent(latent_image, "Kandinsky 3 Sampler", "use KSampler with this model, which denoises inside it.")
+    return pos, neg
 
 
 def conditioning_pair(cond, n, device, dtype):
@@ -121,7 +136,8 @@ class Sampler(io.ComfyNode):
                 io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint",
                                tooltip="checkpoint: the folder's scheduler (DDPM with x0 clipping)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it."),
+                               tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it, "
+                                       "0 returns it unchanged (as KSampler does)."),
             ],
             outputs=[io.Latent.Output(tooltip="MoVQ latents; decode with Kandinsky MoVQ Decode.")],
             hidden=[io.Hidden.unique_id],
@@ -129,14 +145,10 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler, denoise, negative=None):
-        k3 = kandinsky3_of(model)
-        width, g = k3.diffusion_model.unet.config.encoder_hid_dim, cfg - 1.0
-        pos = read_conditioning(positive, "positive", width)
-        neg = read_conditioning(negative, "negative", width) if negative is not None else None
-        if not 0 <= denoise <= 1:
-            raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
-        if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
-            raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
+        k3, g = kandinsky3_of(model), cfg - 1.0
+        pos, neg = read_inputs(k3, positive, negative, latent_image, sampler, steps, denoise)
+        if denoise == 0:  # as KSampler: nothing to denoise, the latent comes back as it is
+            return io.NodeOutput(dict(latent_image))
         release_text_encoders()
         mm.load_models_gpu([model])
         unet = k3.diffusion_model.unet

@@ -30,16 +30,44 @@ def _is_depth_model(folder):
     return any(a.endswith("ForDepthEstimation") for a in architectures)
 
 
-def is_kandinsky3(folder):
-    """Whether `folder` is a kandinsky-3 repo folder (its unet/config.json names Kandinsky3UNet)."""
+def _unet_config(folder):
+    """(the `_class_name` of folder's unet/config.json, why it cannot be read or None); class None when unreadable."""
     config = os.path.join(folder, "unet", "config.json")
     if not os.path.isfile(config):
-        return False
+        return None, "has no unet/config.json"
     try:
-        with open(config) as f:
-            return json.load(f).get("_class_name") == "Kandinsky3UNet"
-    except (OSError, ValueError, AttributeError):
-        return False
+        with open(config, encoding="utf-8") as f:
+            d = json.load(f)
+        return (d.get("_class_name"), None) if isinstance(d, dict) else (None, "holds no JSON object")
+    except (OSError, ValueError) as err:
+        return None, f"cannot be read as JSON ({type(err).__name__}: {err}: cut off or damaged)"
+
+
+def is_kandinsky3(folder):
+    """Whether `folder` is a kandinsky-3 repo folder (its unet/config.json names Kandinsky3UNet)."""
+    return _unet_config(folder)[0] == "Kandinsky3UNet"
+
+
+def check_kandinsky3(folder):
+    """Refuse a folder that is not a kandinsky-3 one, saying what is wrong with its unet/config.json."""
+    name, problem = _unet_config(folder)
+    if name == "Kandinsky3UNet":
+        return
+    if name == "UNet2DConditionModel":
+        raise KandinskyError(f"{folder} is a Kandinsky 2.x decoder (its unet/config.json names UNet2DConditionModel), "
+                             "not a kandinsky-3 folder; load it with Kandinsky Decoder Loader, or pick a kandinsky-3 "
+                             "folder.")
+    if problem is None:
+        problem = f"names {name!r}, not Kandinsky3UNet"
+    where = "" if problem.startswith("has no") else "'s unet/config.json"
+    raise KandinskyError(f"{folder}{where} {problem}; pick a kandinsky-3 folder, or copy unet/config.json (or the "
+                         "whole unet/ folder) of kandinsky-community/kandinsky-3 into it again.")
+
+
+def _damaged_unet_config(folder):
+    """Whether folder has a unet/config.json that cannot be read: offered to both UNet loaders, which say so."""
+    name, problem = _unet_config(folder)
+    return name is None and problem is not None and not problem.startswith("has no")
 
 
 def _matches(folder, kind):
@@ -48,7 +76,7 @@ def _matches(folder, kind):
     if kind in ("kandinsky3", "decoder") and is_kandinsky3(folder):  # a kandinsky-3 folder is no 2.x decoder
         return kind == "kandinsky3"
     if kind == "kandinsky3":
-        return False
+        return _damaged_unet_config(folder)
     return any(os.path.isdir(os.path.join(folder, m)) for m in REPO_MARKERS[kind])
 
 

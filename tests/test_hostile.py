@@ -1,8 +1,9 @@
 """Bad inputs for every node of the pack, through a real ComfyUI server's API.
 
 Every case is a small workflow that feeds one node something wrong: a wrong type, a NaN or empty tensor, an odd size,
-a mismatched mask or hint, foreign conditioning, or a broken checkpoint file (written under models/kandinsky/hostile/
-here). Each must end in a clear error: ComfyUI's validation (HTTP 400 naming the node and input) or the pack's
+a mismatched mask or hint, foreign conditioning, a conditioning modifier or noise mask a pack sampler cannot honour,
+a prompt that is not valid Unicode, a LoRA file that is none, holds NaN or is for another model (written to
+models/loras), or a broken checkpoint file (written under models/kandinsky/hostile/ here). Each must end in a clear error: ComfyUI's validation (HTTP 400 naming the node and input) or the pack's
 KandinskyError raised by the node the case targets, with a message saying what to do. Anything else is a crash. The
 server must keep serving, and the reference workflow must give the same image after all of them as before.
 NaN reaches nodes through float widgets (ComfyUI's range check lets NaN through) and core nodes given NaN (SolidMask,
@@ -20,12 +21,14 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfy_server import PromptError
 from graphs import DECODERS, INPAINT_IMAGE, PRIORS, SINGLE_UNET, SIZE, Graph, interpolate_slots
 from hostile_summary import record
 from k3_files import FP16, K3
+from lora_files import DECODER_LORA, model_shapes, random_lora, write_lora
 
 pytest_plugins = ["hostile_summary"]
 
@@ -93,6 +96,38 @@ def write_hostile_files(root, marker):
     _damage(_copy(root, k3, "k3-t5-corrupt") / "text_encoder" / "model.fp16-00001-of-00002.safetensors", "corrupt")
     (_copy(root, k3, "k3-t5-missing-shard") / "text_encoder" / "model.fp16-00002-of-00002.safetensors").unlink()
     _copy(root, k3, "k3-no-tokenizer", drop=["tokenizer"])
+    _damage(_copy(root, k3, "k3-unet-cut-config") / "unet" / "config.json", "truncated")
+    _edit_json(_copy(root, k3, "k3-t5-wrong-config") / "text_encoder" / "config.json", d_ff=40)
+
+
+# LoRA files in models/loras that are not what the loader they reach takes
+LORAS = {"empty": "hostile-empty.safetensors", "text": "hostile-notes.safetensors", "prior-pt": "hostile-prior.pt",
+         "nan-decoder": "hostile-nan-decoder.safetensors", "nan-prior": "hostile-nan-prior.safetensors",
+         "k3": "hostile-k3-unet-peft.safetensors", "k3-nan": "hostile-k3-nan.safetensors",
+         "k3-t5": "hostile-k3-unet-and-t5.safetensors", "t5": "hostile-k3-t5-only.safetensors"}
+
+
+def _with_nan(state_dict):
+    first = next(iter(state_dict))
+    return {**state_dict, first: state_dict[first].clone().index_fill_(0, torch.tensor([0]), float("nan"))}
+
+
+def write_hostile_loras(folder, models):
+    """Not-a-LoRA files, LoRAs holding NaN, a .pt LoRA, and Kandinsky 3 UNet / T5 LoRAs (PEFT naming) in `folder`."""
+    decoder = model_shapes(models, DECODERS["2.2"].rstrip("/"), "unet")
+    prior = model_shapes(models, PRIORS["2.2"].rstrip("/"), "prior")
+    unet3 = random_lora(model_shapes(models, K3.rstrip("/"), "unet"), "kandinsky3", "peft", prefix="unet.", seed=3)
+    t5 = {f"text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_{ab}.weight": torch.zeros(shape)
+          for ab, shape in (("A", (2, 32)), ("B", (32, 2)))}
+    (folder / LORAS["empty"]).write_bytes(b"")
+    (folder / LORAS["text"]).write_text("trigger words: red cat, oil painting\n")
+    torch.save(random_lora(prior, "prior"), folder / LORAS["prior-pt"])
+    write_lora(folder / LORAS["nan-decoder"], _with_nan(random_lora(decoder, "decoder")))
+    write_lora(folder / LORAS["nan-prior"], _with_nan(random_lora(prior, "prior", "peft")))
+    write_lora(folder / LORAS["k3"], unet3)
+    write_lora(folder / LORAS["k3-nan"], _with_nan(unet3))
+    write_lora(folder / LORAS["k3-t5"], {**unet3, **t5})
+    write_lora(folder / LORAS["t5"], t5)
 
 
 def write_sd_checkpoint(path):
@@ -115,6 +150,7 @@ def hostile(comfy):
     """The server, with the broken checkpoints and odd inputs in its folders."""
     marker = comfy.base_dir / "input" / MARKER
     write_hostile_files(comfy.base_dir / "models" / "kandinsky", marker)
+    write_hostile_loras(comfy.base_dir / "models" / "loras", comfy.base_dir / "models" / "kandinsky")
     write_inputs(comfy.base_dir / "input")
     return comfy
 
@@ -190,8 +226,8 @@ def decode(g, latent, tile_size=0, movq=None):
     return g.save(g.decode(movq or movq_of(g), latent, tile_size)[0], "hostile")
 
 
-def emb2emb(g, pixels, strength=0.3, steps=2):
-    return preview(g, g.add("Kandinsky2Emb2Emb", prior=g.prior()[0], image=pixels, prompt="a cat", negative_prompt="",
+def emb2emb(g, pixels, strength=0.3, steps=2, prompt="a cat"):
+    return preview(g, g.add("Kandinsky2Emb2Emb", prior=g.prior()[0], image=pixels, prompt=prompt, negative_prompt="",
                             strength=strength, seed=0, steps=steps, guidance_scale=4.0)[0])
 
 
@@ -236,14 +272,84 @@ def k3_load(node, widget, value, weight_dtype="default"):
     return lambda g: preview(g, g.add(node, **{widget: value}, weight_dtype=weight_dtype)[0])
 
 
-def k3_sample(g, cond=None, latent=None, **kw):
-    """Kandinsky 3 Sampler on the tiny kandinsky-3 folder; `cond` defaults to CLIP Text Encode of "a cat"."""
+def k3_sample(g, cond=None, latent=None, lora=None, clip_lora=None, **kw):
+    """Kandinsky 3 Sampler on the tiny kandinsky-3 folder; `cond` defaults to CLIP Text Encode of "a cat"; `lora`
+    goes on the MODEL through LoraLoaderModelOnly, `clip_lora` on MODEL and CLIP through LoraLoader."""
     model = g.add("Kandinsky3UNetLoader", unet=K3, weight_dtype="default")[0]
     clip = g.add("Kandinsky3T5Loader", text_encoder=K3, weight_dtype="default")[0]
+    if lora:
+        model = g.add(LLM, model=model, lora_name=lora, strength_model=1.0)[0]
+    if clip_lora:
+        both = g.add("LoraLoader", model=model, clip=clip, lora_name=clip_lora, strength_model=1.0, strength_clip=1.0)
+        model, clip = both[0], both[1]
     cond = cond or g.add("CLIPTextEncode", clip=clip, text=kw.pop("text", "a cat"))[0]
     inputs = {**dict(seed=0, steps=2, cfg=4.0, sampler="checkpoint", denoise=1.0), **kw}
     return preview(g, g.add("Kandinsky3Sampler", model=model, positive=cond, latent_image=latent or g.empty_latent()[0],
                             **inputs)[0])
+
+
+def k3_text(g, text="a cat"):
+    return g.add("CLIPTextEncode", clip=g.add(K3T, text_encoder=K3, weight_dtype="default")[0], text=text)[0]
+
+
+def set_area(g, cond):
+    return g.add("ConditioningSetArea", conditioning=cond, width=64, height=64, x=0, y=0, strength=1.0)[0]
+
+
+def set_timestep_range(g, cond):
+    return g.add("ConditioningSetTimestepRange", conditioning=cond, start=0.0, end=0.01)[0]
+
+
+def set_mask(g, cond):
+    mask = g.add("SolidMask", value=1.0, width=32, height=32)[0]
+    return g.add("ConditioningSetMask", conditioning=cond, mask=mask, strength=1.0, set_cond_area="default")[0]
+
+
+def set_strength(g, cond):
+    return g.add("ConditioningSetAreaStrength", conditioning=cond, strength=3.0)[0]
+
+
+def noise_masked(g):
+    mask = g.add("SolidMask", value=1.0, width=SIZE // 2, height=SIZE // 2)[0]
+    return g.add("SetLatentNoiseMask", samples=g.empty_latent()[0], mask=mask)[0]
+
+
+def inpaint_remasked(g):
+    """Inpainting whose latent got another noise mask after Kandinsky Inpaint Conditioning set the hole."""
+    model = g.decoder("2.2-inpaint")
+    ic = g.inpaint(cond22(g), model[1], g.load_image(INPAINT_IMAGE))
+    latent = g.add("SetLatentNoiseMask", samples=ic[2], mask=g.add("SolidMask", value=1.0, width=SIZE, height=SIZE)[0])
+    return preview(g, g.sampler(model, ic[0], ic[1], latent[0])[0])
+
+
+def k3_modified(modify, on_negative=False):
+    """Kandinsky 3 Sampler whose positive (or negative) conditioning went through `modify(g, cond)`."""
+    def build(g):
+        if on_negative:
+            return k3_sample(g, negative=modify(g, k3_text(g, "")))
+        return k3_sample(g, cond=modify(g, k3_text(g)))
+    return build
+
+
+def decoder_modified(modify, on_negative=False):
+    """Kandinsky Decoder Sampler (2.2) whose positive (or negative) conditioning went through `modify(g, cond)`."""
+    def build(g):
+        c = cond22(g)
+        cond = [c[0], modify(g, c[1])] if on_negative else [modify(g, c[0]), c[1]]
+        return preview(g, sample(g, cond=cond)[1][0])
+    return build
+
+
+def prior_lora(name):
+    return lambda g: preview(g, g.prior_encode(g.add(PL, prior=g.prior()[0], lora_name=name, strength=1.0))[0])
+
+
+def decoder_lora(name):
+    def build(g):
+        c = cond22(g)
+        model = g.add(LLM, model=g.decoder("2.2")[0], lora_name=name, strength_model=1.0)
+        return preview(g, g.sampler(model, c[0], c[1], g.empty_latent()[0])[0])
+    return build
 
 
 def k3_combined(g):
@@ -259,6 +365,8 @@ ENC, DEC, IC, DE, S = ("Kandinsky2MoVQEncode", "Kandinsky2MoVQDecode", "Kandinsk
                        "Kandinsky2DepthEstimate", "Kandinsky2DecoderSampler")
 VALIDATION, WORKS = "validation", "works"
 K3U, K3T, K3S = "Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler"
+PL, LLM, LL = "Kandinsky2PriorLoRA", "LoraLoaderModelOnly", "LoraLoader"
+LONE = "a red \ud800 cat \udfff"  # lone UTF-16 surrogates: what a JSON "\ud800" or a cut emoji gives a str
 
 
 class Refused:
@@ -276,6 +384,19 @@ class Refused:
         assert result[0] == "error" and result[1] == self.node, result
         value = next(n["inputs"][self.name] for n in prompt.values() if n["class_type"] == self.node)
         assert self.name in result[3] or str(value) in result[3], result
+        assert any(w in result[3].lower() for w in FIX_WORDS), result[3]
+
+
+class Says(Refused):
+    """A KandinskyError raised by `node` while running, whose message holds each of `words` and a fix."""
+
+    def __init__(self, node, *words):
+        super().__init__(node, None)
+        self.words = words
+
+    def check(self, prompt, result):
+        assert result[0] == "error" and result[1] == self.node, result
+        assert all(w in result[3] for w in self.words), (self.words, result[3])
         assert any(w in result[3].lower() for w in FIX_WORDS), result[3]
 
 # A clear message says what to do: one of these words must appear in it.
@@ -321,6 +442,9 @@ CASES = [
     ("prior-encode-guidance-nan", PE, prior_encode(guidance_scale=NAN)),
     ("prior-encode-guidance-string", VALIDATION, prior_encode(guidance_scale="strong")),
     ("prior-encode-long-prompt", WORKS, prior_encode(prompt="a red cat " * 2000)),
+    ("prior-encode-lone-surrogates", WORKS, prior_encode(prompt=LONE)),
+    ("prior-encode-lone-surrogate-negative", WORKS, prior_encode(negative_prompt="\udfff")),
+    ("prior-encode-21-lone-surrogates", WORKS, lambda g: preview(g, g.prior_encode(g.prior("2.1"), prompt=LONE)[0])),
     ("prior-encode-image-as-prior", VALIDATION,
      lambda g: preview(g, g.add(PE, prior=image(g), prompt="x", negative_prompt="", seed=0, steps=2,
                                 guidance_scale=4.0, batch_size=1)[0])),
@@ -330,6 +454,8 @@ CASES = [
     ("image-embedding-latent-as-image", VALIDATION, lambda g: embed(g, g.empty_latent()[0])),
     ("emb2emb-strength-nan", E2E, lambda g: emb2emb(g, image(g), strength=NAN)),
     ("emb2emb-no-step-left", E2E, lambda g: emb2emb(g, image(g), strength=0.01)),
+    ("emb2emb-lone-surrogates", WORKS, lambda g: emb2emb(g, image(g), steps=4, strength=0.5, prompt=LONE)),
+    ("interpolate-lone-surrogates", WORKS, lambda g: interpolate(g, text_1=LONE, weight_1=1.0)),
     ("interpolate-all-weights-0", INT, lambda g: interpolate(g, weight_1=0.0, weight_2=0.0, text_1="a", text_2="b")),
     ("interpolate-weight-nan", INT, lambda g: interpolate(g, text_1="a", weight_1=NAN)),
     ("interpolate-concat-embedding", INT, lambda g: interpolate(g, weight_1=1.0, embedding_1=concat_cond(g)[0])),
@@ -376,7 +502,38 @@ CASES = [
     # the decoder sampler: conditioning, latents, hints, widgets
     ("sampler-21-cond-in-22", S, lambda g: preview(g, sample(g, cond=cond22(g, "2.1"))[1][0])),
     ("sampler-concat-cond", S, lambda g: preview(g, sample(g, cond=foreign_cond(concat_cond)(g))[1][0])),
-    ("sampler-combined-cond", S, lambda g: preview(g, sample(g, cond=foreign_cond(combine_cond)(g))[1][0])),
+    ("sampler-combined-cond", Says(S, "KSampler"),
+     lambda g: preview(g, sample(g, cond=foreign_cond(combine_cond)(g))[1][0])),
+    ("sampler-21-lone-surrogates", WORKS,
+     lambda g: preview(g, sample(g, "2.1", cond=g.prior_encode(g.prior("2.1"), prompt=LONE))[1][0])),
+    ("sampler-noise-mask", Says(S, "noise mask", "KSampler"),
+     lambda g: preview(g, sample(g, latent=noise_masked(g))[1][0])),
+    ("sampler-inpaint-other-noise-mask", Says(S, "noise mask", "KSampler"), inpaint_remasked),
+    ("sampler-area", Says(S, "positive", "Conditioning (Set Area)", "KSampler"), decoder_modified(set_area)),
+    ("sampler-mask", Says(S, "Conditioning (Set Mask)", "KSampler"), decoder_modified(set_mask)),
+    ("sampler-timestep-range", Says(S, "Conditioning (Set Timestep Range)", "KSampler"),
+     decoder_modified(set_timestep_range)),
+    ("sampler-negative-timestep-range", Says(S, "negative", "Set Timestep Range", "KSampler"),
+     decoder_modified(set_timestep_range, on_negative=True)),
+    ("sampler-strength", WORKS, decoder_modified(set_strength)),  # KSampler's strength cancels for one entry
+    ("sampler-denoise-0", WORKS, lambda g: preview(g, sample(g, denoise=0.0)[1][0])),
+    ("sampler-denoise-no-step", Says(S, "denoise 0.1 with 2 steps", "raise denoise or steps"),
+     lambda g: preview(g, sample(g, denoise=0.1)[1][0])),
+    # LoRAs: files that are none, NaN, the wrong kind
+    ("prior-lora-empty-file", Says(PL, LORAS["empty"], "empty"), prior_lora(LORAS["empty"])),
+    ("prior-lora-text-file", Says(PL, LORAS["text"], "not a safetensors file"), prior_lora(LORAS["text"])),
+    ("prior-lora-nan", Says(PL, LORAS["nan-prior"], "NaN"), prior_lora(LORAS["nan-prior"])),
+    ("decoder-lora-nan", Says(LLM, LORAS["nan-decoder"], "NaN"), decoder_lora(LORAS["nan-decoder"])),
+    ("decoder-lora-pt-named", Says(LLM, LORAS["prior-pt"], "prior LoRA"), decoder_lora(LORAS["prior-pt"])),
+    ("decoder-lora-k3-lora", Says(LLM, LORAS["k3"], "Kandinsky 3 UNet LoRA", "Kandinsky 3 UNet Loader"),
+     decoder_lora(LORAS["k3"])),
+    ("k3-lora-peft", WORKS, lambda g: k3_sample(g, lora=LORAS["k3"])),
+    ("k3-lora-with-t5-clip", WORKS, lambda g: k3_sample(g, clip_lora=LORAS["k3"])),
+    ("k3-lora-22-decoder-lora", Says(LLM, DECODER_LORA, "Kandinsky 2.2 decoder LoRA", "not a Kandinsky 3 UNet LoRA"),
+     lambda g: k3_sample(g, lora=DECODER_LORA)),
+    ("k3-lora-nan", Says(LLM, LORAS["k3-nan"], "NaN"), lambda g: k3_sample(g, lora=LORAS["k3-nan"])),
+    ("k3-lora-unet-and-t5", Says(LL, LORAS["k3-t5"], "text-encoder"), lambda g: k3_sample(g, clip_lora=LORAS["k3-t5"])),
+    ("k3-lora-t5-only", Says(LL, LORAS["t5"], "T5"), lambda g: k3_sample(g, clip_lora=LORAS["t5"])),
     ("sampler-zeroed-cond", WORKS,
      lambda g: preview(g, sample(g, cond=foreign_cond(
          lambda g: g.add("ConditioningZeroOut", conditioning=cond22(g)[0]))(g))[1][0])),
@@ -420,10 +577,26 @@ CASES = [
     ("k3-t5-missing-shard", K3T, k3_load(K3T, "text_encoder", "hostile/k3-t5-missing-shard/")),
     ("k3-t5-no-tokenizer", K3T, k3_load(K3T, "text_encoder", "hostile/k3-no-tokenizer/")),
     ("k3-t5-given-22-decoder", Refused(K3T, "text_encoder"), k3_load(K3T, "text_encoder", DECODERS["2.2"])),
+    ("k3-unet-cut-config", Says(K3U, "unet/config.json", "cut off"),
+     k3_load(K3U, "unet", "hostile/k3-unet-cut-config/")),
+    ("k3-t5-wrong-config", Says(K3T, "config.json", "copy"),
+     k3_load(K3T, "text_encoder", "hostile/k3-t5-wrong-config/")),
+    ("k3-lone-surrogates", WORKS, lambda g: k3_sample(g, text=LONE)),
     ("k3-long-prompt", WORKS, lambda g: k3_sample(g, text="a red cat " * 2000)),
     ("k3-empty-prompt", WORKS, lambda g: k3_sample(g, text="")),
     ("k3-sampler-22-cond", K3S, lambda g: k3_sample(g, cond=cond22(g)[0])),
-    ("k3-sampler-combined-cond", K3S, lambda g: k3_sample(g, cond=k3_combined(g))),
+    ("k3-sampler-combined-cond", Says(K3S, "KSampler"), lambda g: k3_sample(g, cond=k3_combined(g))),
+    ("k3-sampler-noise-mask", Says(K3S, "noise mask", "KSampler"), lambda g: k3_sample(g, latent=noise_masked(g))),
+    ("k3-sampler-area", Says(K3S, "positive", "Conditioning (Set Area)", "KSampler"), k3_modified(set_area)),
+    ("k3-sampler-mask", Says(K3S, "Conditioning (Set Mask)", "KSampler"), k3_modified(set_mask)),
+    ("k3-sampler-timestep-range", Says(K3S, "Conditioning (Set Timestep Range)", "KSampler"),
+     k3_modified(set_timestep_range)),
+    ("k3-sampler-negative-area", Says(K3S, "negative", "Set Area", "KSampler"),
+     k3_modified(set_area, on_negative=True)),
+    ("k3-sampler-strength", WORKS, k3_modified(set_strength)),  # KSampler's strength cancels for one entry
+    ("k3-sampler-denoise-0", WORKS, lambda g: k3_sample(g, denoise=0.0)),
+    ("k3-sampler-denoise-no-step", Says(K3S, "denoise 0.1 with 2 steps", "raise denoise or steps"),
+     lambda g: k3_sample(g, denoise=0.1)),
     ("k3-sampler-latent-63px", K3S, lambda g: k3_sample(g, latent=g.empty_latent(63, 63)[0])),
     ("k3-sampler-latent-16-channel", K3S, lambda g: k3_sample(g, latent=g.add(
         "EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)[0])),
