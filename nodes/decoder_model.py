@@ -82,7 +82,7 @@ class KandinskyDecoder(comfy.model_base.BaseModel):
                                                                          kwargs))}
         batch = kwargs["cross_attn"].shape[0]
         if self.variant.startswith("2.1"):
-            pooled, hidden = self.encode_prompt(kwargs.get("kandinsky_prompt"), batch)
+            pooled, hidden = self.encode_prompt(kwargs.get("kandinsky_prompt"), batch, kwargs["device"])
             out["kandinsky_text_embeds"] = comfy.conds.CONDRegular(pooled)
             out["kandinsky_text_hidden"] = comfy.conds.CONDRegular(hidden)
         if self.variant == "2.2-depth":
@@ -91,13 +91,13 @@ class KandinskyDecoder(comfy.model_base.BaseModel):
             out["c_concat"] = comfy.conds.CONDNoiseShape(inpaint_concat(kwargs))
         return out
 
-    def encode_prompt(self, prompt, batch):
-        """MCLIP text conditioning for 2.1, computed where the text encoder's weights are."""
+    def encode_prompt(self, prompt, batch, device):
+        """MCLIP text conditioning for 2.1, computed on the sampling device (under low-VRAM or DynamicVRAM loading
+        the encoder's weights stay on the offload device; its layers cast them to where the input is)."""
         if prompt is None:
             raise KandinskyError("The Kandinsky 2.1 decoder reads the prompt from its conditioning: connect Kandinsky Prior "
                                  "Encode (or Image Embedding) from a 2.1 prior, not other conditioning.")
         encoder = self.diffusion_model.text_encoder
-        device = next(encoder.parameters()).device
         pooled, hidden, _ = encode_text(self.tokenizer, encoder, [prompt] * batch, device)
         return pooled, hidden
 
