@@ -1,15 +1,19 @@
 """The ComfyUI layer: node schemas and ComfyUI types over kandinsky_core; no model math here."""
 from comfy_api.latest import ComfyExtension
 
-from . import comfy_compat, decoder_nodes, image_nodes, k3_nodes, loaders, lora, paths, prior_nodes
+from . import lora
+from .common import comfy_compat, movq_nodes, paths
+from .kandinsky2 import decoder_nodes, image_nodes, loaders, prior_nodes
+from .kandinsky3 import nodes as kandinsky3_nodes
 
 
 class KandinskyExtension(ComfyExtension):
     """Registers every node of the pack."""
 
     async def get_node_list(self):
-        return [*loaders.NODES, *prior_nodes.NODES, *image_nodes.NODES, *decoder_nodes.NODES, *lora.NODES,
-                *k3_nodes.NODES]
+        loader, encode, decode = movq_nodes.NODES  # in the menu order the pack has always had
+        return [*loaders.NODES, loader, *prior_nodes.NODES, encode, decode, *image_nodes.NODES, *decoder_nodes.NODES,
+                *lora.NODES, *kandinsky3_nodes.NODES]
 
 
 async def comfy_entrypoint():

@@ -22,12 +22,12 @@ import torch
 from comfy_api.latest import io
 from safetensors import safe_open
 
-from . import paths, types
-from .decoder_model import KandinskyDecoder
-from .k3_model import Kandinsky3
-from .k3_text import Kandinsky3TextModel
 from ..kandinsky_core import lora as core
 from ..kandinsky_core.errors import KandinskyError
+from .common import paths, types
+from .kandinsky2.decoder_model import KandinskyDecoder
+from .kandinsky3.model import Kandinsky3
+from .kandinsky3.text import Kandinsky3TextModel
 
 UNET_PREFIX = "diffusion_model.unet."  # where the core UNet sits in the decoder MODEL's state dict
 HINTS = {"decoder": "load it with LoraLoaderModelOnly onto the MODEL of Kandinsky Decoder Loader",

@@ -1,4 +1,4 @@
-"""ComfyUI's choices handed to the pack (nodes/comfy_compat.py), in this process on the ComfyUI the server runs:
+"""ComfyUI's choices handed to the pack (nodes/common/comfy_compat.py), in this process on the ComfyUI the server runs:
 its attention kernels behind the core's attention interface, out-of-memory detection, the patcher class, and the
 pack's declared ComfyUI range as the Manager reads it."""
 import re
@@ -12,7 +12,7 @@ from kandinsky_core import attention
 
 @pytest.fixture(scope="module")
 def compat(kandinsky_pack):
-    from kandinsky_pack.nodes import comfy_compat
+    from kandinsky_pack.nodes.common import comfy_compat
 
     return comfy_compat
 

@@ -5,16 +5,13 @@ trivially (the compute device is the CPU); what is checked is that every cancell
 prompt gives the reference image, and neither the process RSS nor (on a GPU) the torch allocation grows. The
 out-of-memory fallback runs in-process on the node's own decode function, with ComfyUI imported on the CPU.
 """
-import importlib.util
 import random
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from comfy_server import COMFYUI_DIR, REPO
 from graphs import SIZE, Graph
 from hostile_summary import record
 from test_hostile import cond22, run_reference, sample
@@ -150,29 +147,18 @@ def test_50_prompts_flat_memory(comfy, baseline):
 
 
 @pytest.fixture(scope="module")
-def pack(comfyui_in_process):
-    """The node pack imported in this process (ComfyUI on the CPU), as package `kandinsky_pack`."""
-    if not COMFYUI_DIR.is_dir():
-        pytest.skip(f"ComfyUI not installed at {COMFYUI_DIR}")
-    import comfy.cli_args
+def pack(kandinsky_pack):
+    """The pack's MoVQ modules, imported with ComfyUI (CPU) from the tree the server runs."""
+    from kandinsky_pack.nodes.common import movq as pack_movq, movq_nodes
 
-    comfy.cli_args.args.cpu = True
-    if "kandinsky_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kandinsky_pack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["kandinsky_pack"] = module
-        spec.loader.exec_module(module)
-    from kandinsky_pack.nodes import components, image_nodes
-
-    return components, image_nodes
+    return pack_movq, movq_nodes
 
 
-def tiny_movq(components):
+def tiny_movq(pack_movq):
     from kandinsky_pack.kandinsky_core.movq import MOVQ_TINY8, MoVQ
 
     torch.manual_seed(0)
-    return components.MoVQ(MoVQ(MOVQ_TINY8).eval(), torch.device("cpu"), torch.device("cpu"))
+    return pack_movq.MoVQ(MoVQ(MOVQ_TINY8).eval(), torch.device("cpu"), torch.device("cpu"))
 
 
 class OOMOnce:
@@ -190,22 +176,22 @@ class OOMOnce:
 
 @pytest.mark.parametrize("size,fallback_tile", [(SIZE, None), (2 * SIZE, SIZE)])
 def test_decode_out_of_memory_falls_back_to_tiles(pack, monkeypatch, size, fallback_tile):
-    components, image_nodes = pack
+    pack_movq, movq_nodes = pack
     import comfy.model_management as mm
     from kandinsky_pack.kandinsky_core import tiling
 
     if fallback_tile:  # several tiles per side without decoding a >512-pixel image on the CPU
-        monkeypatch.setattr(image_nodes, "FALLBACK_TILE", fallback_tile)
-    movq = tiny_movq(components)
+        monkeypatch.setattr(movq_nodes, "FALLBACK_TILE", fallback_tile)
+    movq = tiny_movq(pack_movq)
     z = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
-    whole = image_nodes.decode(movq, z)
+    whole = movq_nodes.decode(movq, z)
     oom = OOMOnce(movq.model.decode, mm.OOM_EXCEPTION, tuple(z.shape))
     monkeypatch.setattr(movq.model, "decode", oom)
-    tiled = image_nodes.decode(movq, z)
-    tile = image_nodes.FALLBACK_TILE // 8
+    tiled = movq_nodes.decode(movq, z)
+    tile = movq_nodes.FALLBACK_TILE // 8
     assert oom.calls[0] == tuple(z.shape) and all(s[0] == 1 and s[-1] <= tile for s in oom.calls[1:])
     assert tiled.shape == whole.shape == (2, size, size, 3)
-    if size <= image_nodes.FALLBACK_TILE:  # one tile covers the image: exactly the whole decode
+    if size <= movq_nodes.FALLBACK_TILE:  # one tile covers the image: exactly the whole decode
         torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
     else:  # tiles see only part of the image (see tiling.py): close, not equal
         tiles = tiling.tile_count(size // 8, size // 8, tile, tile // 4)
@@ -214,14 +200,14 @@ def test_decode_out_of_memory_falls_back_to_tiles(pack, monkeypatch, size, fallb
 
 
 def test_encode_out_of_memory_falls_back_to_tiles(pack, monkeypatch):
-    components, image_nodes = pack
+    pack_movq, movq_nodes = pack
     import comfy.model_management as mm
 
-    movq = tiny_movq(components)
+    movq = tiny_movq(pack_movq)
     image = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
-    whole = image_nodes.encode(movq, image)
+    whole = movq_nodes.encode(movq, image)
     oom = OOMOnce(movq.model.encode, mm.OOM_EXCEPTION, (1, 3, SIZE, SIZE))
     monkeypatch.setattr(movq.model, "encode", oom)
-    torch.testing.assert_close(image_nodes.encode(movq, image), whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(movq_nodes.encode(movq, image), whole, rtol=0, atol=1e-5)
     assert len(oom.calls) == 2
     record("MoVQ encode out of memory", "worked")

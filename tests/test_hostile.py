@@ -98,6 +98,7 @@ def write_hostile_files(root, marker):
     _copy(root, k3, "k3-no-tokenizer", drop=["tokenizer"])
     _damage(_copy(root, k3, "k3-unet-cut-config") / "unet" / "config.json", "truncated")
     _edit_json(_copy(root, k3, "k3-t5-wrong-config") / "text_encoder" / "config.json", d_ff=40)
+    _damage(_copy(root, k3, "k3-t5-cut-config") / "text_encoder" / "config.json", "truncated")
 
 
 # LoRA files in models/loras that are not what the loader they reach takes
@@ -581,6 +582,8 @@ CASES = [
      k3_load(K3U, "unet", "hostile/k3-unet-cut-config/")),
     ("k3-t5-wrong-config", Says(K3T, "config.json", "copy"),
      k3_load(K3T, "text_encoder", "hostile/k3-t5-wrong-config/")),
+    ("k3-t5-cut-config", Says(K3T, "text_encoder/config.json", "cut off"),
+     k3_load(K3T, "text_encoder", "hostile/k3-t5-cut-config/")),
     ("k3-lone-surrogates", WORKS, lambda g: k3_sample(g, text=LONE)),
     ("k3-long-prompt", WORKS, lambda g: k3_sample(g, text="a red cat " * 2000)),
     ("k3-empty-prompt", WORKS, lambda g: k3_sample(g, text="")),

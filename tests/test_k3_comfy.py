@@ -5,15 +5,12 @@ and clear errors for bad wiring. Checkpoints are the tiny kandinsky-3 folders k3
 A few checks need ComfyUI's own objects (its noise schedule, conditioning from other text encoders): they import the
 pack into this process from the same ComfyUI tree the server runs.
 """
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from comfy_server import REPO
 from graphs import INPUT_IMAGE, SIZE, Graph
 from k3_files import K3, K3_OTHER_T5, load_core
 from kandinsky_core import schedulers as S
@@ -260,18 +257,9 @@ def test_server_keeps_serving_after_bad_wiring(comfy, ws):
 
 
 @pytest.fixture(scope="module")
-def pack(comfyui_in_process):
+def pack(kandinsky_pack):
     """The pack's node modules, imported with ComfyUI (CPU) from the tree the server runs."""
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    if "kandinsky_pack" not in sys.modules:  # test_faults imports it under the same name
-        spec = importlib.util.spec_from_file_location("kandinsky_pack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["kandinsky_pack"] = module
-        spec.loader.exec_module(module)
-    from kandinsky_pack.nodes import k3_model
+    from kandinsky_pack.nodes.kandinsky3 import model as k3_model
 
     return k3_model
 
@@ -303,7 +291,7 @@ def test_foreign_conditioning_is_named(pack, shape, extra, words):
 def test_cpu_t5_is_held_until_sampling_and_reloaded(pack, comfy):
     """On the CPU the T5 is no ComfyUI-managed submodule: held from loading, freed when sampling starts, loaded again
     by the next encode (same states); with hold=False it is the patcher's, as on a GPU."""
-    from kandinsky_pack.nodes import k3_text
+    from kandinsky_pack.nodes.kandinsky3 import text as k3_text
 
     folder = str(comfy.base_dir / "models" / "kandinsky" / K3)
     held, managed = k3_text.load_clip(folder), k3_text.load_clip(folder, hold=False)

@@ -3,8 +3,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
-from ..kandinsky_core import depth
-from .components import Holder
+from ...kandinsky_core import depth
+from .prior import Holder
 
 
 class Depth:

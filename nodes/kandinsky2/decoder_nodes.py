@@ -3,31 +3,14 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..kandinsky_core import decoder_pipeline as D
-from ..kandinsky_core import images
-from ..kandinsky_core import schedulers as S
-from ..kandinsky_core.errors import KandinskyError
-from . import types
+from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core import decoder_pipeline as D
+from ..common import types
+from ..common.progress import step_callback
+from ..common.sampling import SCHEDULERS, Computing, check_denoise, check_latent, check_modifiers, make_scheduler, repeats
 from .decoder_model import KandinskyDecoder, check_embeddings, hint_tensor
-from .progress import step_callback
 
-SAMPLERS = ["checkpoint", "ddpm", "ddim", "dpm++ 2m", "dpm++ 2m karras"]
-# Conditioning keys core nodes set that the pack's samplers have no way to honour (KSampler does): key → the node.
-# "strength" is not among them: KSampler divides each prediction by the strengths that cover it, so the strength of a
-# single full-image entry (all these samplers take) cancels there too.
-MODIFIERS = {"area": "Conditioning (Set Area)", "mask": "Conditioning (Set Mask)", "control": "Apply ControlNet",
-             "gligen": "GLIGEN Textbox Apply", "hooks": "conditioning hooks (Cond Set Props, Create Hook LoRA)"}
-
-
-def make_scheduler(config, sampler):
-    """The core scheduler for a sampler choice, on the noise schedule of the checkpoint's scheduler config."""
-    if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
-        raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
-    if sampler == "checkpoint":
-        return S.scheduler_from_config(config)
-    if sampler.startswith("dpm++"):
-        return S.dpm_solver_from(config, karras=sampler.endswith("karras"))
-    return S.scheduler_from_config({**config, "_class_name": "DDPMScheduler" if sampler == "ddpm" else "DDIMScheduler"})
+SAMPLERS = SCHEDULERS  # every core scheduler: DDIM is 2.1's own
 
 
 def decoder_of(model):
@@ -37,36 +20,6 @@ def decoder_of(model):
         raise KandinskyError(f"Kandinsky Decoder Sampler needs a MODEL from Kandinsky Decoder Loader, got "
                              f"{type(decoder).__name__}; use KSampler for other models.")
     return decoder
-
-
-def check_modifiers(cond, node, name):
-    """Refuse what core conditioning nodes added to `cond` that `node` would otherwise drop, pointing to KSampler."""
-    for _, extra in cond:
-        found = [what for key, what in MODIFIERS.items() if extra.get(key) is not None]
-        if (extra.get("start_percent", 0.0), extra.get("end_percent", 1.0)) != (0.0, 1.0):
-            found.append(f"Conditioning (Set Timestep Range) {extra.get('start_percent', 0.0)}-"
-                         f"{extra.get('end_percent', 1.0)}")
-        if found:
-            raise KandinskyError(f"The {name} conditioning carries {', '.join(found)}, which the {node} cannot "
-                                 "honour; use KSampler with this model (it honours them), or remove those nodes.")
-
-
-def check_latent(latent, node, fix, keep=None):
-    """Refuse a latent with a noise mask (Set Latent Noise Mask), which `node` would otherwise ignore; on the
-    inpainting path (`keep` from Kandinsky Inpaint Conditioning) the mask that node set is the hole it repaints."""
-    mask = latent.get("noise_mask")
-    if mask is not None and (keep is None or not images.is_inpaint_hole(mask, keep)):
-        raise KandinskyError(f"The latent_image carries a noise mask (Set Latent Noise Mask), which the {node} cannot "
-                             f"honour; {fix}")
-
-
-def check_denoise(denoise, steps):
-    """Refuse a denoise the core loops cannot run, in the nodes' words (the core calls it strength)."""
-    if not 0 <= denoise <= 1:
-        raise KandinskyError(f"denoise must be between 0 and 1, got {denoise}; use 1 for text-to-image.")
-    if 0 < denoise < 1 and int(steps * denoise) < 1:
-        raise KandinskyError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps "
-                             "(denoise × steps must be at least 1), or set denoise to 0 to pass the latent through.")
 
 
 def read_conditioning(cond, name, decoder):
@@ -127,9 +80,7 @@ class DecoderSampler(io.ComfyNode):
                      "Conditioning, or KSampler, which denoises inside it.", extra.get("kandinsky_inpaint_keep"))
         if denoise == 0:  # as KSampler: nothing to denoise, the latent comes back as it is
             return io.NodeOutput(dict(latent_image))
-        mm.load_models_gpu([model])
-        unet = decoder.diffusion_model
-        core = D.DecoderModels(unet.unet, None, make_scheduler(decoder.scheduler_config, sampler), unet.text_encoder, decoder.tokenizer)
+        core = ready_models(model, decoder, sampler)
         init = latent_image["samples"]
         n = repeats(emb.shape[0], init.shape[0])
         needs_hint = "kandinsky_hint" in extra or decoder.variant == "2.2-depth"
@@ -141,12 +92,13 @@ class DecoderSampler(io.ComfyNode):
         return io.NodeOutput({"samples": latents.to(mm.intermediate_device(), torch.float32)})
 
 
-def repeats(embeddings, latents):
-    """How many latents each embedding row gets."""
-    if latents % embeddings:
-        raise KandinskyError(f"{latents} latents for {embeddings} embeddings: the latent batch must be a multiple of the "
-                             "conditioning batch.")
-    return latents // embeddings
+def ready_models(model, decoder, sampler):
+    """The decoder loaded by ComfyUI, as the core's DecoderModels computing on the load device in the compute dtype."""
+    mm.load_models_gpu([model])
+    net = decoder.diffusion_model
+    dtype = decoder.manual_cast_dtype or next(net.unet.parameters()).dtype
+    return D.DecoderModels(Computing(net.unet, dtype, model.load_device), None,
+                           make_scheduler(decoder.scheduler_config, sampler), net.text_encoder, decoder.tokenizer)
 
 
 def sample(core, cond, init, extra, denoise, run):

@@ -7,7 +7,6 @@ encoded here by the decoder's own text encoder), a depth hint (`kandinsky_hint`,
 import os
 
 import comfy.conds
-import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.ops
@@ -15,22 +14,16 @@ import comfy.supported_models_base
 import comfy.utils
 import torch
 
-from ..kandinsky_core import loading
-from ..kandinsky_core import schedulers as S
-from ..kandinsky_core.decoder_pipeline import unet_any_size
-from ..kandinsky_core.errors import KandinskyError
-from ..kandinsky_core.text_encoder import encode_text
-from .comfy_compat import model_patcher
+from ...kandinsky_core import schedulers as S
+from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core import loading
+from ...kandinsky_core.decoder_pipeline import unet_any_size
+from ...kandinsky_core.text_encoder import encode_text
+from ..common.comfy_compat import model_patcher
+from ..common.movq import KandinskyLatent
 
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 DEFAULT_SCHEDULERS = {"2.1": S.KANDINSKY_2_1_DDIM, "2.2": S.KANDINSKY_2_2_DDPM}
-
-
-class KandinskyLatent(comfy.latent_formats.LatentFormat):
-    """MoVQ latents, used unscaled (the 0.18215 in movq/config.json is never applied by Kandinsky)."""
-
-    latent_channels = 4
-    scale_factor = 1.0
 
 
 class KandinskyModelConfig(comfy.supported_models_base.BASE):
@@ -150,8 +143,8 @@ def load_decoder(path, model_options=None):
     UNet loader takes them ("custom_operations": the layer classes, e.g. a quantised-weight pack's)."""
     unet_path = loading.component_path(path, "unet")
     config = loading.read_config(unet_path, "unet")
-    weights = loading.weights_path(unet_path)
-    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights).values())
+    weights_file = loading.weights_path(unet_path)
+    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights_file).values())
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
     dtype = mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)

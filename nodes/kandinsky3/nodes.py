@@ -8,13 +8,13 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..kandinsky_core.errors import KandinskyError
-from ..kandinsky_core.kandinsky3 import pipeline as K3
-from . import paths
-from .decoder_nodes import check_denoise, check_latent, check_modifiers, make_scheduler, repeats
-from .k3_model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet, release_text_encoders
-from .k3_text import load_clip
-from .progress import step_callback
+from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.kandinsky3 import pipeline as K3
+from ..common import paths
+from ..common.progress import step_callback
+from ..common.sampling import Computing, check_denoise, check_latent, check_modifiers, make_scheduler, repeats
+from .model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet, release_text_encoders
+from .text import load_clip
 
 CATEGORY = "Kandinsky 3"
 SAMPLERS = ["checkpoint", "ddpm", "dpm++ 2m", "dpm++ 2m karras"]
@@ -96,19 +96,6 @@ def conditioning_pair(cond, n, device, dtype):
     """A (states, mask) pair on the UNet's device, each row repeated for its n latents."""
     hidden, mask = cond
     return hidden.to(device, dtype).repeat_interleave(n, dim=0), mask.to(device).repeat_interleave(n, dim=0)
-
-
-class Computing(torch.nn.Module):
-    """The UNet as the core loops see it: on the load device in the compute dtype (the core reads both from the first
-    parameter; with fp8 storage or low-VRAM partial loading the UNet's own weights say neither)."""
-
-    def __init__(self, unet, dtype, device):
-        super().__init__()
-        self.probe = torch.nn.Parameter(torch.empty(0, dtype=dtype, device=device), requires_grad=False)
-        self.unet, self.config = unet, unet.config
-
-    def forward(self, *args):
-        return self.unet(*args)
 
 
 class Sampler(io.ComfyNode):

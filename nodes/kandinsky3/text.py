@@ -3,7 +3,7 @@
 `comfy.sd.CLIP` builds the text model and the tokenizer from a target's `clip` and `tokenizer` classes and puts the
 model behind a ModelPatcher (low-VRAM partial loading; the T5 leaves the compute device when the UNet needs the room).
 On a CPU-only setup there is no other device to leave for: there the T5 is not a submodule ComfyUI manages but is held
-in RAM from loading until sampling starts, then freed (k3_model.release_text_encoders), and loaded again by the next
+in RAM from loading until sampling starts, then freed (model.release_text_encoders), and loaded again by the next
 encode of a new prompt — so sampling and decoding run without the 8.7 B encoder in RAM.
 The T5 is the core's, built with `comfy.ops` so its weights can be stored in fp8 and cast layer by layer; it computes
 in fp32, as ComfyUI's own T5 does (Flan-UL2 overflows fp16). The prompt is read as written: diffusers gives
@@ -20,12 +20,12 @@ import comfy.ops
 import comfy.sd
 import torch
 
-from ..kandinsky_core import images
-from ..kandinsky_core.errors import KandinskyError
-from ..kandinsky_core.kandinsky3 import t5 as T5
-from ..kandinsky_core.kandinsky3.pipeline import MAX_TOKENS
-from ..kandinsky_core.kandinsky3.tokenizer import load_tokenizer
-from .k3_model import HELD_TEXT_ENCODERS, MARKER, MASK, WEIGHT_DTYPES
+from ...kandinsky_core import images
+from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.kandinsky3 import t5 as T5
+from ...kandinsky_core.kandinsky3.pipeline import MAX_TOKENS
+from ...kandinsky_core.kandinsky3.tokenizer import load_tokenizer
+from .model import HELD_TEXT_ENCODERS, MARKER, MASK, WEIGHT_DTYPES
 
 KEY = "kandinsky3"  # the token dict's key, as ComfyUI's tokenizers name theirs (e.g. "t5xxl")
 

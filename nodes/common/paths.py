@@ -4,7 +4,7 @@ import os
 
 import folder_paths
 
-from ..kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.errors import KandinskyError
 
 FOLDER = "kandinsky"
 WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt")

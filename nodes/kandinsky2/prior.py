@@ -1,11 +1,10 @@
-"""The prior and the MoVQ as ComfyUI-managed objects: each torch module sits behind a ModelPatcher."""
+"""The Kandinsky 2 prior as a ComfyUI-managed object: each of its torch modules sits behind a ModelPatcher."""
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
 import torch
 
-from ..kandinsky_core import loading
-from .comfy_compat import model_patcher
+from ...kandinsky_core import loading
 
 
 class Holder(torch.nn.Module):
@@ -37,24 +36,6 @@ class Prior:
         return self.models
 
 
-class MoVQ:
-    """The KANDINSKY2_MOVQ value: the core MoVQ behind a patcher."""
-
-    def __init__(self, model, load_device, offload_device):
-        self.model = model
-        self.patcher = model_patcher(model, load_device, offload_device)  # the class core's VAELoader uses
-
-    @property
-    def dtype(self):
-        """Weight dtype."""
-        return next(self.model.parameters()).dtype
-
-    def ready(self, memory_required=0):
-        """Load onto the compute device (making room for `memory_required` bytes of activations); returns the MoVQ."""
-        mm.load_models_gpu([self.patcher], memory_required=memory_required)
-        return self.model
-
-
 def _dtype(device, preferred):
     return torch.float32 if mm.is_device_cpu(device) else preferred
 
@@ -65,11 +46,3 @@ def load_prior(path):
     dtype = _dtype(device, mm.text_encoder_dtype(device))
     models = loading.load_prior_models(path, dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
     return Prior(models, device, offload)
-
-
-def load_movq(path):
-    """A MoVQ (repo folder, movq/ folder or single file) as a `MoVQ`."""
-    device, offload = mm.vae_device(), mm.vae_offload_device()
-    dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float32])
-    model = loading.load_component(path, "movq", dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
-    return MoVQ(model, device, offload)

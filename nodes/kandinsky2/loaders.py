@@ -3,11 +3,11 @@ import os
 
 from comfy_api.latest import io
 
-from ..kandinsky_core.preview import latent_rgb_factors
-
-from . import paths, types
-from .components import load_movq, load_prior
+from ...kandinsky_core.preview import latent_rgb_factors
+from ..common import paths, types
+from ..common.movq import load_movq
 from .decoder_model import load_decoder
+from .prior import load_prior
 
 
 class PriorLoader(io.ComfyNode):
@@ -52,19 +52,4 @@ class DecoderLoader(io.ComfyNode):
         return io.NodeOutput(model, movq)
 
 
-class MoVQLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="Kandinsky2MoVQLoader", display_name="Kandinsky MoVQ Loader", category=f"{types.CATEGORY}/loaders",
-            description="Loads the MoVQ (Kandinsky's VAE) from a decoder folder, a movq/ folder or a single file.",
-            inputs=[io.Combo.Input("movq", options=paths.entries("movq"),
-                                   tooltip="A folder with a movq/ part, or a MoVQ weights file, in models/kandinsky.")],
-            outputs=[types.MoVQ.Output(display_name="movq", tooltip="For MoVQ Encode / Decode and Inpaint Conditioning.")])
-
-    @classmethod
-    def execute(cls, movq):
-        return io.NodeOutput(load_movq(paths.resolve(movq)))
-
-
-NODES = [PriorLoader, DecoderLoader, MoVQLoader]
+NODES = [PriorLoader, DecoderLoader]

@@ -5,7 +5,7 @@ import comfy.cli_args
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ..kandinsky_core import attention
+from ...kandinsky_core import attention
 
 
 def model_patcher(model, load_device, offload_device):

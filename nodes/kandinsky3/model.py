@@ -1,7 +1,7 @@
 """The Kandinsky 3 UNet as a ComfyUI MODEL: KSampler, every sampler and scheduler, and the latent nodes work with it.
 
 It predicts ε on the checkpoint's cosine ("squaredcos_cap_v2") schedule, which ComfyUI's discrete model sampling has
-under the same name. CONDITIONING comes from CLIP Text Encode with the Kandinsky 3 CLIP (k3_text.py): T5 hidden
+under the same name. CONDITIONING comes from CLIP Text Encode with the Kandinsky 3 CLIP (text.py): T5 hidden
 states (B, L, d) with the prompt's attention mask and a marker in its dict; anything else is refused by name here.
 The UNet is built with `comfy.ops`, so fp8 weight storage and ComfyUI's low-VRAM partial loading apply to it.
 """
@@ -16,13 +16,13 @@ import comfy.ops
 import comfy.supported_models_base
 import torch
 
-from ..kandinsky_core import loading
-from ..kandinsky_core import schedulers as S
-from ..kandinsky_core.errors import KandinskyError
-from ..kandinsky_core.kandinsky3 import loading as K3L
-from . import paths
-from .comfy_compat import model_patcher
-from .decoder_model import KandinskyLatent
+from ...kandinsky_core import schedulers as S
+from ...kandinsky_core import loading
+from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.kandinsky3 import loading as K3L
+from ..common import paths
+from ..common.comfy_compat import model_patcher
+from ..common.movq import KandinskyLatent
 
 SUPPORTED_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # The loaders' weight_dtype choices, as core's Load Diffusion Model: "default" lets ComfyUI pick for the device.
@@ -30,7 +30,7 @@ WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 MARKER = "kandinsky3_text_width"  # conditioning dict key: set by the Kandinsky 3 CLIP to its T5's width
 MASK = "attention_mask"  # conditioning dict key: the T5 attention mask (B, L), 1 for real tokens
-# On a CPU-only setup, the Kandinsky 3 T5s whose weights are in RAM (k3_text.py): sampling frees them.
+# On a CPU-only setup, the Kandinsky 3 T5s whose weights are in RAM (text.py): sampling frees them.
 HELD_TEXT_ENCODERS = weakref.WeakSet()
 
 
@@ -142,8 +142,8 @@ def load_unet(folder, weight_dtype="default", model_options=None):
     if not paths.is_kandinsky3(folder):
         raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
                              "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
-    weights = loading.weights_path(os.path.join(folder, "unet"))
-    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights).values())
+    weights_file = loading.weights_path(os.path.join(folder, "unet"))
+    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights_file).values())
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)

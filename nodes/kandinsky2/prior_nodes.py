@@ -3,11 +3,11 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from . import progress, types
-from ..kandinsky_core import mixing
-from ..kandinsky_core import prior_pipeline as P
-from ..kandinsky_core.errors import KandinskyError
-from ..kandinsky_core.images import clip_image_inputs
+from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.images import clip_image_inputs
+from ...kandinsky_core import mixing
+from ...kandinsky_core import prior_pipeline as P
+from ..common import progress, types
 
 CATEGORY = f"{types.CATEGORY}/prior"
 SLOTS = 4

@@ -1,0 +1,41 @@
+"""The MoVQ (Kandinsky's VAE, shared by 2.x and 3) as a ComfyUI-managed object, and the latent format of its latents."""
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.ops
+import torch
+
+from ...kandinsky_core import loading
+from .comfy_compat import model_patcher
+
+
+class KandinskyLatent(comfy.latent_formats.LatentFormat):
+    """MoVQ latents, used unscaled (the 0.18215 in movq/config.json is never applied by Kandinsky)."""
+
+    latent_channels = 4
+    scale_factor = 1.0
+
+
+class MoVQ:
+    """The KANDINSKY2_MOVQ value: the core MoVQ behind a patcher."""
+
+    def __init__(self, model, load_device, offload_device):
+        self.model = model
+        self.patcher = model_patcher(model, load_device, offload_device)  # the class core's VAELoader uses
+
+    @property
+    def dtype(self):
+        """Weight dtype."""
+        return next(self.model.parameters()).dtype
+
+    def ready(self, memory_required=0):
+        """Load onto the compute device (making room for `memory_required` bytes of activations); returns the MoVQ."""
+        mm.load_models_gpu([self.patcher], memory_required=memory_required)
+        return self.model
+
+
+def load_movq(path):
+    """A MoVQ (repo folder, movq/ folder or single file) as a `MoVQ`."""
+    device, offload = mm.vae_device(), mm.vae_offload_device()
+    dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float32])
+    model = loading.load_component(path, "movq", dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
+    return MoVQ(model, device, offload)
