@@ -1,9 +1,12 @@
 """Decoding CLIP image embeddings into images: text-to-image, image-to-image, inpainting, and the depth hint.
 
-One denoising loop (`denoise`) serves every variant; the public functions only prepare its inputs the way diffusers'
-Kandinsky pipelines do, minus their bugs (kandinsky_tech.md §6): img2img keeps height and width in order (so 2.1
-img2img also works for non-square sizes), 2.2 inpainting blends every batch item with its own image, and image
-embeddings are repeated for `num_images_per_prompt` with or without guidance.
+Every variant runs the shared sampling loop (`sampling.denoise`) with the guided UNet as its model; the public
+functions only prepare its inputs the way diffusers' Kandinsky pipelines do, minus three of their bugs: img2img keeps
+height and width in order (diffusers' pipelines/kandinsky/pipeline_kandinsky_img2img.py calls
+`preprocess(i, width, height)`, so its 2.1 img2img breaks on non-square sizes), 2.2 inpainting blends every batch item
+with its own image (pipeline_kandinsky2_2_inpainting.py blends `image[:1]` into all of them), and image embeddings are
+repeated for `num_images_per_prompt` with or without guidance (pipeline_kandinsky2_2.py repeats them only under
+guidance).
 
 The latent-level `sample_*` functions take latents of any size (`unet_any_size` pads them to what the UNet needs and
 crops its output back) and can give every batch row the same noise (`shared_noise`); the image-level functions keep
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 
 from . import images
 from .errors import KandinskyError
-from .sampling import check_guidance, randn, report
+from .sampling import check_guidance, decode_latents, denoise, device_dtype, guide, randn, timesteps_for
 from .schedulers import add_noise_kandinsky21_img2img
 from .text_encoder import encode_text
 
@@ -41,11 +44,6 @@ class DecoderModels:
     def size_multiple(self):
         """Image height and width must be multiples of this (64 for the published models)."""
         return self.movq.config.scale_factor * self.unet.config.latent_multiple
-
-
-def _device_dtype(models):
-    p = next(models.unet.parameters())
-    return p.device, p.dtype
 
 
 def _embeddings(image_embeds, negative_image_embeds, n, cfg, device, dtype):
@@ -79,10 +77,11 @@ def _text_conditioning(models, prompt, negative_prompt, batch, n, cfg, device, d
     return {"text_embeds": pooled.to(dtype), "text_hidden_states": hidden.to(dtype)}
 
 
+@torch.no_grad()
 def conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, n, guidance_scale, hint=None):
     """UNet keyword arguments for a [negative, positive] guided batch (or positive only when guidance ≤ 1)."""
-    device, dtype = _device_dtype(models)
-    check_guidance(guidance_scale)
+    device, dtype = device_dtype(models.unet)
+    check_guidance(guidance_scale, published=4.0)
     cfg = guidance_scale > 1
     if image_embeds.ndim != 2:
         raise KandinskyError(f"image_embeds must be (batch, dim), got shape {tuple(image_embeds.shape)}.")
@@ -122,8 +121,7 @@ def guided_output(out, guidance_scale):
     if guidance_scale <= 1:
         return out
     eps, var = out[:, :4], out[:, 4:]
-    neg, pos = eps.chunk(2)
-    return torch.cat([neg + guidance_scale * (pos - neg), var.chunk(2)[1]], dim=1)
+    return torch.cat([guide(*eps.chunk(2), guidance_scale), var.chunk(2)[1]], dim=1)
 
 
 def unet_any_size(unet, x, t, hint=None, **cond):
@@ -169,6 +167,26 @@ class SharedNoiseSteps:
         return self.schedulers[0].predict_x0(model_output, t, sample)
 
 
+class _BlendedSteps:
+    """2.2 inpainting's steps: after each step of `stepper`, the known region is put back, noised by `scheduler` to the
+    next step's level (clean after the last), as trained."""
+
+    def __init__(self, stepper, scheduler, init, keep, noise, timesteps):
+        self.stepper, self.scheduler, self.init, self.keep, self.noise = stepper, scheduler, init, keep, noise
+        self.following = {int(t): timesteps[i + 1:i + 2] for i, t in enumerate(timesteps)}
+
+    def step(self, model_output, t, sample, generator=None):
+        """One step, then the known region blended back in."""
+        latents = self.stepper.step(model_output, t, sample, generator=generator)
+        following = self.following[int(t)]
+        known = self.scheduler.add_noise(self.init, self.noise, following) if len(following) else self.init
+        return self.keep * known + (1 - self.keep) * latents
+
+    def predict_x0(self, model_output, t, sample):
+        """The wrapped steps' x0 estimate (for previews)."""
+        return self.stepper.predict_x0(model_output, t, sample)
+
+
 def initial_noise(shape, generator, device, dtype, shared_noise=False):
     """Starting noise of `shape`; with `shared_noise`, one draw repeated for every batch row (row 0 is the same
     either way)."""
@@ -177,32 +195,31 @@ def initial_noise(shape, generator, device, dtype, shared_noise=False):
     return randn((1, *shape[1:]), generator, device, dtype).expand(*shape).contiguous()
 
 
-def denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator=None, callback=None, concat=None,
-            blend=None, shared_noise=False):
-    """The shared sampling loop: guided UNet, scheduler step, optional inpaint blend, per-step callback.
+def _stepper(scheduler, rows, shared_noise):
+    """The scheduler, or with `shared_noise` one that adds the same noise to every batch row at each step."""
+    return SharedNoiseSteps(scheduler, rows) if shared_noise else scheduler
 
-    Schedulers get all 8 output channels; only DDPM's learned_range variance uses channels 4-7. With `shared_noise`,
-    the noise a stochastic scheduler adds at each step is the same for every batch row.
+
+def _guided_unet(models, cond, guidance_scale, concat=None):
+    """`model(x, t)` for `sampling.denoise`: the UNet (any latent size) on the guided batch, guided.
+
+    Schedulers get all 8 output channels; only DDPM's learned_range variance uses channels 4-7. Inpainting appends
+    `concat` (masked-image latents, mask) after the latents.
     """
     cfg = guidance_scale > 1
-    scheduler = SharedNoiseSteps(scheduler, latents.shape[0]) if shared_noise else scheduler
-    for i, t in enumerate(timesteps):
+
+    def model(latents, t):
         x = torch.cat([latents] * 2) if cfg else latents
         if concat is not None:
             x = torch.cat([x, concat], dim=1)
-        out = guided_output(unet_any_size(models.unet, x, t, **cond), guidance_scale)
-        previous, latents = latents, scheduler.step(out, t, latents, generator=generator)
-        if blend is not None:
-            latents = blend(i, latents)
-        report(callback, i, len(timesteps), t, latents, lambda: scheduler.predict_x0(out, t, previous))
-    return latents
+        return guided_output(unet_any_size(models.unet, x, t, **cond), guidance_scale)
+    return model
 
 
-def finish(models, latents, output_type):
-    """Decode final latents with the MoVQ (unquantized, as the pipelines do) and convert to `output_type`."""
-    if output_type == "latent":
-        return latents
-    return images.postprocess(models.movq.decode(latents, force_not_quantize=True), output_type)
+@torch.no_grad()
+def finish(models, latents, output_type="pil"):
+    """Images from final latents, decoded by the decoder's MoVQ ('latent': the latents as given)."""
+    return decode_latents(models.movq, latents, output_type)
 
 
 def _latent_shape(models, batch, height, width):
@@ -211,32 +228,20 @@ def _latent_shape(models, batch, height, width):
     return (batch, models.movq.config.latent_channels, height // s, width // s)
 
 
-def _timesteps(scheduler, steps, strength=1.0):
-    timesteps = scheduler.set_timesteps(steps)
-    if not 0 < strength <= 1:
-        raise KandinskyError(f"strength must be in (0, 1], got {strength}.")
-    keep = min(int(steps * strength), steps)
-    if keep < 1:
-        raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; raise strength or steps "
-                             f"(strength × steps must be at least 1).")
-    scheduler.set_begin_index(steps - keep)
-    return timesteps[steps - keep:]
-
-
 @torch.no_grad()
 def sample_text_to_image(models, cond, shape, *, steps=100, guidance_scale=4.0, generator=None, latents=None,
                          scheduler=None, callback=None, shared_noise=False):
     """Latents from noise of `shape` (any latent size) given `conditioning(...)`: the text-to-image and depth loop."""
     scheduler = scheduler or models.scheduler
-    device, dtype = _device_dtype(models)
-    timesteps = _timesteps(scheduler, steps)
+    device, dtype = device_dtype(models.unet)
+    timesteps = timesteps_for(scheduler, steps)
     if latents is None:
         latents = initial_noise(shape, generator, device, dtype, shared_noise)
     elif tuple(latents.shape) != tuple(shape):
         raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
     latents = latents.to(device, dtype) * scheduler.init_noise_sigma
-    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback,
-                   shared_noise=shared_noise)
+    return denoise(_guided_unet(models, cond, guidance_scale), _stepper(scheduler, len(latents), shared_noise), latents,
+                   timesteps, generator=generator, callback=callback)
 
 
 @torch.no_grad()
@@ -244,7 +249,7 @@ def sample_image_to_image(models, cond, init, *, strength=0.3, steps=100, guidan
                           scheduler=None, callback=None, shared_noise=False):
     """Latents re-drawn from MoVQ latents `init` (one row per output image), noised according to `strength`."""
     scheduler = scheduler or models.scheduler
-    timesteps = _timesteps(scheduler, steps, strength)
+    timesteps = timesteps_for(scheduler, steps, strength)
     images.check_finite(init, "The latent image")
     noise = initial_noise(init.shape, generator, init.device, init.dtype, shared_noise)
     if models.version == "2.1":  # 2.1 noises with its training-time schedule at a strength-derived timestep
@@ -252,8 +257,8 @@ def sample_image_to_image(models, cond, init, *, strength=0.3, steps=100, guidan
         latents = add_noise_kandinsky21_img2img(init * scheduler.init_noise_sigma, noise, t)
     else:
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
-    return denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback,
-                   shared_noise=shared_noise)
+    return denoise(_guided_unet(models, cond, guidance_scale), _stepper(scheduler, len(latents), shared_noise), latents,
+                   timesteps, generator=generator, callback=callback)
 
 
 def _require_inpainting(models):
@@ -272,17 +277,19 @@ def sample_inpaint(models, cond, init, keep, shape, *, steps=100, guidance_scale
     """Latents of `shape` that repaint where the latent `keep` mask is 0; `init` and `keep` have 1 row or one per output."""
     _require_inpainting(models)
     scheduler = scheduler or models.scheduler
-    device, dtype = _device_dtype(models)
+    device, dtype = device_dtype(models.unet)
     init, keep = images.check_finite(init, "The inpainting image's latent").to(device, dtype), keep.to(device, dtype)
     concat = torch.cat([(init * keep).expand(shape[0], -1, -1, -1), keep.expand(shape[0], -1, -1, -1)], dim=1)
     concat = torch.cat([concat] * 2) if guidance_scale > 1 else concat  # after the latents: masked-image latents, mask
-    timesteps = _timesteps(scheduler, steps)
+    timesteps = timesteps_for(scheduler, steps)
     if latents is None:
         latents = initial_noise(shape, generator, device, dtype, shared_noise)
     latents = latents.to(device, dtype) * scheduler.init_noise_sigma
-    blend = None if models.version == "2.1" else _blend(scheduler, init, keep, latents.clone(), timesteps)
-    latents = denoise(models, scheduler, latents, timesteps, cond, guidance_scale, generator, callback, concat, blend,
-                      shared_noise)
+    stepper = _stepper(scheduler, len(latents), shared_noise)
+    if models.version != "2.1":
+        stepper = _BlendedSteps(stepper, scheduler, init, keep, latents.clone(), timesteps)
+    model = _guided_unet(models, cond, guidance_scale, concat)
+    latents = denoise(model, stepper, latents, timesteps, generator=generator, callback=callback)
     return latents if models.version == "2.1" else keep * init + (1 - keep) * latents
 
 
@@ -298,9 +305,10 @@ def text_to_image(models, image_embeds, negative_image_embeds=None, *, prompt=No
     return finish(models, latents, output_type)
 
 
+@torch.no_grad()
 def encode_image(models, image, height, width, n):
     """MoVQ latents of the input image(s) at (height, width), repeated `n` times each."""
-    device, dtype = _device_dtype(models)
+    device, dtype = device_dtype(models.unet)
     images.check_size(height, width, models.size_multiple)
     pixels = images.preprocess_image(image, height, width).to(device, dtype)
     return models.movq.encode(pixels).repeat_interleave(n, dim=0)
@@ -328,7 +336,7 @@ def inpaint(models, image_embeds, negative_image_embeds, image, mask, *, prompt=
             scheduler=None, output_type="pil", callback=None):
     """Repaint the white (1) part of `mask` in `image`, keeping the black (0) part."""
     _require_inpainting(models)
-    device, dtype = _device_dtype(models)
+    device, dtype = device_dtype(models.unet)
     n = num_images_per_prompt
     cond = conditioning(models, image_embeds, negative_image_embeds, prompt, negative_prompt, n, guidance_scale)
     shape = _latent_shape(models, image_embeds.shape[0] * n, height, width)
@@ -343,10 +351,3 @@ def inpaint(models, image_embeds, negative_image_embeds, image, mask, *, prompt=
                              latents=latents, scheduler=scheduler, callback=callback)
     return finish(models, latents, output_type)
 
-
-def _blend(scheduler, init, keep, noise, timesteps):
-    """2.2 re-imposes the known region after every step, noised to the next step's level."""
-    def blend(i, latents):
-        known = init if i == len(timesteps) - 1 else scheduler.add_noise(init, noise, timesteps[i + 1:i + 2])
-        return keep * known + (1 - keep) * latents
-    return blend

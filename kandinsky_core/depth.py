@@ -32,7 +32,7 @@ def load_depth_model(folder, dtype=torch.float32, device="cpu"):
         raise KandinskyError(f"{folder} is not a complete transformers depth-estimation model ({e}); use a folder such "
                              "as Intel/dpt-large or depth-anything/Depth-Anything-V2-Small-hf with its config.json, "
                              "weights and preprocessor_config.json.") from e
-    return model.to(device).eval(), processor
+    return model.to(device).eval().requires_grad_(False), processor
 
 
 def _predicts_distance(config):

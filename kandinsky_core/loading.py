@@ -37,17 +37,16 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def weights_path(path):
-    """The weights file of a component folder (or `path` itself if it is a file)."""
+def weights_path(path, names=WEIGHT_FILES, hint="is it a diffusers component folder such as unet/, movq/ or prior/?"):
+    """The weights file of a component folder, the first of `names` it holds (or `path` itself if it is a file)."""
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
         raise KandinskyError(f"{path} does not exist; put Kandinsky checkpoints in a folder the loader can see.")
-    for name in WEIGHT_FILES:
+    for name in names:
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
-    raise KandinskyError(f"{path} holds no weights file (looked for {', '.join(WEIGHT_FILES)}); "
-                         "is it a diffusers component folder such as unet/, movq/ or prior/?")
+    raise KandinskyError(f"{path} holds no weights file (looked for {', '.join(names)}); {hint}")
 
 
 def _is_index(path):
@@ -221,13 +220,14 @@ def identify(shapes):
     raise KandinskyError(f"This is not a Kandinsky UNet, MoVQ or prior: it looks like {describe(shapes)}.")
 
 
-def _count(shapes, pattern):
+def count_indices(shapes, pattern):
+    """How many distinct values the group of `pattern` takes over the tensor names (blocks, layers per block...)."""
     return len({m.group(1) for k in shapes for m in [re.match(pattern, k)] if m})
 
 
 def unet_config_from_shapes(shapes):
     """Rebuild a UNet config from tensor shapes (attention head width 64, as in every published decoder)."""
-    n = _count(shapes, r"down_blocks\.(\d+)\.")
+    n = count_indices(shapes, r"down_blocks\.(\d+)\.")
     ch = tuple(shapes[f"down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(n))
     addition = ("image_hint" if "add_embedding.input_hint_block.0.weight" in shapes else
                 "text_image" if "add_embedding.text_proj.weight" in shapes else "image")
@@ -242,18 +242,18 @@ def unet_config_from_shapes(shapes):
         in_channels=shapes["conv_in.weight"][1], out_channels=shapes["conv_out.weight"][0], addition_embed_type=addition,
         encoder_hid_dim_type="text_image_proj" if addition == "text_image" else "image_proj", encoder_hid_dim=hid,
         cross_attention_dim=context, block_out_channels=ch, down_block_types=down, up_block_types=up,
-        layers_per_block=_count(shapes, r"down_blocks\.0\.resnets\.(\d+)\."))
+        layers_per_block=count_indices(shapes, r"down_blocks\.0\.resnets\.(\d+)\."))
 
 
 def movq_config_from_shapes(shapes):
     """Rebuild a MoVQ config from tensor shapes (32 norm groups, as published)."""
-    n = _count(shapes, r"encoder\.down_blocks\.(\d+)\.")
+    n = count_indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
     ch = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n))
     down = tuple("AttnDownEncoderBlock2D" if f"encoder.down_blocks.{i}.attentions.0.to_q.weight" in shapes else "DownEncoderBlock2D" for i in range(n))
     up = tuple("AttnUpDecoderBlock2D" if f"decoder.up_blocks.{i}.attentions.0.to_q.weight" in shapes else "UpDecoderBlock2D" for i in range(n))
     codes, dim = shapes["quantize.embedding.weight"]
     return MoVQConfig(block_out_channels=ch, down_block_types=down, up_block_types=up, norm_type="spatial",
-                      layers_per_block=_count(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+                      layers_per_block=count_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
                       latent_channels=shapes["quant_conv.weight"][0], num_vq_embeddings=codes, vq_embed_dim=dim,
                       in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0])
 
@@ -261,7 +261,8 @@ def movq_config_from_shapes(shapes):
 def prior_config_from_shapes(shapes):
     """Rebuild a prior config from tensor shapes (attention head width 64, as published)."""
     inner = shapes["prd_embedding"][-1]
-    return PriorConfig(embedding_dim=shapes["clip_mean"][-1], num_layers=_count(shapes, r"transformer_blocks\.(\d+)\."),
+    layers = count_indices(shapes, r"transformer_blocks\.(\d+)\.")
+    return PriorConfig(embedding_dim=shapes["clip_mean"][-1], num_layers=layers,
                        num_attention_heads=inner // 64, attention_head_dim=64,
                        num_embeddings=shapes["positional_embedding"][1] - 4, additional_embeddings=4)
 
@@ -313,27 +314,33 @@ def load_component(path, kind, *, dtype=None, device="cpu", operations=nn):
     return model.eval()
 
 
-def load_weights(model, path, dtype=None, device="cpu", reference=None):
-    """Strictly load `path` into a (meta-built) model, naming missing, unexpected and mis-shaped tensors.
+def load_weights(model, path, dtype=None, device="cpu", reference=None, *, tensors=None, config_origin=None,
+                 mismatch_hint=None):
+    """Strictly load `path` into a (meta-built) model and freeze it, naming missing, unexpected and mis-shaped tensors.
 
     The file is checked against `reference` (default: `model` itself), a plain torch build of the same config on the
     meta device: layers from other `operations` may create their weights only when the state dict reaches them (as
     ComfyUI's do under its dynamic VRAM loading), so their model lists no weights to compare with before loading.
+    `tensors` gives the (key, tensor) pairs when the caller reads `path` its own way; `config_origin` says where the
+    right config.json comes from and `mismatch_hint` what a key mismatch means, in the errors. Loaded models are for
+    inference, so no parameter requires grad.
     """
     expected = (model if reference is None else reference).state_dict()
     sd = {}
-    for k, t in iter_tensors(path, dtype, device):
+    for k, t in iter_tensors(path, dtype, device) if tensors is None else tensors:
         if k in expected and tuple(expected[k].shape) != tuple(t.shape):
-            raise KandinskyError(f"{path}: tensor {k} has shape {tuple(t.shape)} but the config says {tuple(expected[k].shape)}; "
-                                 "the config.json does not belong to these weights: copy the one that came with them.")
+            origin = f" ({config_origin})" if config_origin else ""
+            raise KandinskyError(f"{path}: tensor {k} has shape {tuple(t.shape)} but the config says "
+                                 f"{tuple(expected[k].shape)}; the config.json does not belong to these weights: copy the one "
+                                 f"that came with them{origin}.")
         sd[k] = t
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or unexpected:
+        hint = mismatch_hint or f"the file looks like {describe({k: t.shape for k, t in sd.items()})}."
         raise KandinskyError(f"{path} does not match the model its config describes: {len(missing)} missing tensors "
-                             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-                             f"the file looks like {describe({k: t.shape for k, t in sd.items()})}.")
+                             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); {hint}")
     model.load_state_dict(sd, strict=True, assign=True)
-    return model
+    return model.requires_grad_(False)
 
 
 def component_path(path, kind):
@@ -376,7 +383,7 @@ def load_tokenizer(folder, kind):
 
 def _load_transformers(cls, folder, dtype, device):
     try:
-        return cls.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval()
+        return cls.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval().requires_grad_(False)
     except (OSError, ValueError, KeyError) as err:
         raise KandinskyError(f"{folder} is not a loadable {cls.__name__} ({err}).") from None
 

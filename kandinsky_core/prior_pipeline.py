@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling import check_guidance, randn, report
 from .errors import KandinskyError
 from .images import clip_image_inputs
+from .sampling import check_guidance, denoise, device_dtype, guide, randn, timesteps_for
 from .text_encoder import encode_clip_prompt
 
 
@@ -46,14 +46,10 @@ def _as_list(prompt, name):
     raise KandinskyError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}.")
 
 
-def _device_dtype(models):
-    p = next(models.prior.parameters())
-    return p.device, p.dtype
-
-
+@torch.no_grad()
 def encode_prompts(models, prompts, negatives, n, cfg):
     """Text conditioning for the prior: [negative, positive] halves under guidance, each repeated `n` times."""
-    device, dtype = _device_dtype(models)
+    device, dtype = device_dtype(models.prior)
     embeds, hidden, mask = encode_clip_prompt(models.tokenizer, models.text_encoder, prompts, device)
     parts = [(embeds, hidden, mask)]
     if cfg:
@@ -75,18 +71,31 @@ def _prompt_batch(prompt, negative_prompt):
     return prompts + negatives, negatives * 2
 
 
-def denoise_prior(models, latents, timesteps, cond, guidance_scale, generator=None, callback=None):
-    """The prior's sampling loop: guided x0 prediction, UnCLIP step to the next timestep, per-step callback."""
+def _guided_prior(models, cond, guidance_scale):
+    """`model(x, t)` for `sampling.denoise`: the prior's guided prediction of the clean embedding."""
     cfg = guidance_scale > 1
-    for i, t in enumerate(timesteps):
+
+    def model(latents, t):
         pred = models.prior(torch.cat([latents] * 2) if cfg else latents, t, **cond)
-        if cfg:
-            uncond, text = pred.chunk(2)
-            pred = uncond + guidance_scale * (text - uncond)
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        latents = models.scheduler.step(pred, t, latents, generator=generator, prev_timestep=prev)
-        report(callback, i, len(timesteps), t, latents, lambda: pred)
-    return latents
+        return guide(*pred.chunk(2), guidance_scale) if cfg else pred
+    return model
+
+
+class _PriorSteps:
+    """The UnCLIP scheduler stepping from each timestep of a run to the next one, which it cannot know itself (it
+    defaults to t - 1): diffusers' prior pipelines pass it as `prev_timestep`."""
+
+    def __init__(self, scheduler, timesteps):
+        self.scheduler = scheduler
+        self.following = {int(t): timesteps[i + 1] if i + 1 < len(timesteps) else None for i, t in enumerate(timesteps)}
+
+    def step(self, model_output, t, sample, generator=None):
+        """One UnCLIP step to the run's next timestep (to 0 from the last)."""
+        return self.scheduler.step(model_output, t, sample, generator=generator, prev_timestep=self.following[int(t)])
+
+    def predict_x0(self, model_output, t, sample):
+        """The prior predicts the clean embedding itself."""
+        return model_output
 
 
 def _finish(models, latents, negatives):
@@ -100,34 +109,36 @@ def _finish(models, latents, negatives):
 def sample_prior(models, prompt, negative_prompt=None, *, steps=25, guidance_scale=4.0, num_images_per_prompt=1,
                  generator=None, latents=None, callback=None):
     """Text → (image_embeds, negative_image_embeds), each (len(prompt) * num_images_per_prompt, dim)."""
-    check_guidance(guidance_scale)
+    check_guidance(guidance_scale, published=4.0)
     prompts, negatives = _prompt_batch(prompt, negative_prompt)
     n, cfg = num_images_per_prompt, guidance_scale > 1
-    device, dtype = _device_dtype(models)
+    device, dtype = device_dtype(models.prior)
     cond = encode_prompts(models, prompts, negatives, n, cfg)
-    timesteps = models.scheduler.set_timesteps(steps)
+    timesteps = timesteps_for(models.scheduler, steps)
     shape = (len(prompts) * n, models.embedding_dim)
     if latents is None:
         latents = randn(shape, generator, device, dtype)
     elif tuple(latents.shape) != shape:
         raise KandinskyError(f"prior latents have shape {tuple(latents.shape)}, expected {shape}.")
     latents = latents.to(device, dtype) * models.scheduler.init_noise_sigma
-    latents = denoise_prior(models, latents, timesteps, cond, guidance_scale, generator, callback)
+    latents = denoise(_guided_prior(models, cond, guidance_scale), _PriorSteps(models.scheduler, timesteps), latents,
+                      timesteps, generator=generator, callback=callback)
     return _finish(models, latents, negatives)
 
 
+@torch.no_grad()
 def zero_image_embeds(models, batch):
     """The negative embedding used when there is no negative prompt: the image encoder applied to all-zero pixels."""
     size = models.image_encoder.config.image_size
     p = next(models.image_encoder.parameters())
     zeros = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype)
-    return models.image_encoder(zeros).image_embeds.repeat(batch, 1).to(_device_dtype(models)[1])
+    return models.image_encoder(zeros).image_embeds.repeat(batch, 1).to(device_dtype(models.prior)[1])
 
 
 @torch.no_grad()
 def embed_images(models, images):
     """CLIP image embeddings of PIL images, of (B, 3, 224, 224) CLIP pixel values, or (B, dim) embeddings as given."""
-    device, dtype = _device_dtype(models)
+    device, dtype = device_dtype(models.prior)
     if isinstance(images, torch.Tensor) and images.ndim == 2:
         if images.shape[-1] != models.embedding_dim:
             raise KandinskyError(f"Got {images.shape[-1]}-dim embeddings, but this prior works with {models.embedding_dim}-dim ones "
@@ -173,7 +184,7 @@ def interpolate(models, items, weights, *, steps=25, guidance_scale=4.0, num_ima
 def emb2emb(models, prompt, image, *, strength=0.3, negative_prompt=None, steps=25, guidance_scale=4.0,
             num_images_per_prompt=1, generator=None, callback=None):
     """Move an image's embedding towards a prompt: the prior denoises the noised image embedding (2.2's Emb2Emb)."""
-    check_guidance(guidance_scale)
+    check_guidance(guidance_scale, published=4.0)
     if not 0 < strength <= 1 or int(steps * strength) < 1:
         raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; use a strength in (0, 1] "
                              "with strength × steps ≥ 1.")
@@ -186,10 +197,9 @@ def emb2emb(models, prompt, image, *, strength=0.3, negative_prompt=None, steps=
     if batch % init.shape[0]:
         raise KandinskyError(f"Cannot share {init.shape[0] // n} images among {len(prompts)} prompts; give one image, or one per prompt.")
     init = torch.cat([init] * (batch // init.shape[0]))
-    timesteps = models.scheduler.set_timesteps(steps)
-    keep = min(int(steps * strength), steps)
-    timesteps = timesteps[steps - keep:]
+    timesteps = timesteps_for(models.scheduler, steps, strength)
     # As in diffusers, the raw CLIP embedding is noised although the prior denoises in normalised space.
     latents = models.scheduler.add_noise(init, randn(init.shape, generator, init.device, init.dtype), timesteps[:1].repeat(batch))
-    latents = denoise_prior(models, latents, timesteps, cond, guidance_scale, generator, callback)
+    latents = denoise(_guided_prior(models, cond, guidance_scale), _PriorSteps(models.scheduler, timesteps), latents,
+                      timesteps, generator=generator, callback=callback)
     return _finish(models, latents, negatives)

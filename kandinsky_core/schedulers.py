@@ -1,4 +1,5 @@
-"""Noise schedulers for Kandinsky 2.x: DDIM, DDPM, UnCLIP and DPM-Solver++(2M), step for step as in diffusers 0.42.
+"""Noise schedulers for Kandinsky 2.x, its priors and Kandinsky 3: DDIM, DDPM, UnCLIP and DPM-Solver++(2M), step
+for step as in diffusers 0.42.
 
 Each class reads a diffusers `scheduler_config.json` dict (`from_config`), lays out inference timesteps
 (`set_timesteps`), takes one denoising step (`step`) and noises clean samples (`add_noise`). Noise is drawn with the

@@ -50,7 +50,7 @@ def test_loop_matches_diffusers_exactly(kind, steps):
 @pytest.mark.parametrize("steps, strength, expected", [(25, 0.3, [241, 201, 161, 121, 81, 41, 1]), (10, 0.75, [601, 501, 401, 301, 201, 101, 1]),
                                                       (5, 0.75, [401, 201, 1])])
 def test_image_to_image_schedule_tail(steps, strength, expected):
-    from kandinsky_core.decoder_pipeline import _timesteps
+    from kandinsky_core.sampling import timesteps_for as _timesteps
 
     ours = S.scheduler_from_config(S.KANDINSKY_3_DDPM)
     assert _timesteps(ours, steps, strength).tolist() == expected

@@ -3,7 +3,8 @@ safetensors file per component.
 
 The family and the component come from `config.json`, our file metadata or tensor names and shapes, never from file
 names. A Kandinsky 2.x folder or file given here is refused with a pointer to the 2.x loaders (and they refuse ours).
-File reading, strict filling of a meta-built model and the MoVQ loader are the 2.x ones (`kandinsky_core.loading`).
+File reading, strict filling of a meta-built model and the MoVQ loader are the shared ones of `kandinsky_core.loading`
+(the MoVQ is the 2.x architecture at twice the width).
 """
 import json
 import os
@@ -14,7 +15,7 @@ from torch import nn
 from .. import loading as L
 from ..errors import KandinskyError
 from .pipeline import Kandinsky3Models
-from .t5 import load_t5
+from .t5 import load_t5, read_t5_config
 from .tokenizer import load_tokenizer
 from .unet import UNet, UNetConfig
 
@@ -33,13 +34,13 @@ def is_kandinsky3_unet(shapes):
 
 def unet_config_from_shapes(shapes):
     """Rebuild a UNet config from tensor shapes; norm groups and head width are the published 32 and 64."""
-    levels = L._count(shapes, r"down_blocks\.(\d+)\.")
+    levels = L.count_indices(shapes, r"down_blocks\.(\d+)\.")
     widths = tuple(shapes[f"down_blocks.{i}.resnets_in.0.resnet_blocks.3.projection.weight"][0] for i in range(levels))
     text_width, context = shapes["encoder_hid_proj.projection_linear.weight"][::-1]
     return UNetConfig(in_channels=shapes["conv_in.weight"][1], block_out_channels=widths,
                       time_embedding_dim=shapes["time_embedding.linear_1.weight"][0], cross_attention_dim=context,
                       encoder_hid_dim=text_width, attention_head_dim=PUBLISHED_HEAD_DIM, groups=PUBLISHED_GROUPS,
-                      layers_per_block=L._count(shapes, r"down_blocks\.0\.resnets_in\.(\d+)\."))
+                      layers_per_block=L.count_indices(shapes, r"down_blocks\.0\.resnets_in\.(\d+)\."))
 
 
 def _unet_path(path):
@@ -93,7 +94,7 @@ def load_movq(path, *, dtype=None, device="cpu", operations=nn):
 
 
 def check_family(folder):
-    """Raise KandinskyError unless `folder` is a Kandinsky 3 repo folder (model_index.json or unet/config.json)."""
+    """The UNet config of a Kandinsky 3 repo folder; KandinskyError if model_index.json or the UNet say otherwise."""
     index = os.path.join(folder, "model_index.json")
     if os.path.isfile(index):
         with open(index) as f:
@@ -104,7 +105,7 @@ def check_family(folder):
     for sub in ("unet", "movq", "scheduler"):
         if not os.path.isdir(os.path.join(folder, sub)):
             raise KandinskyError(f"{folder} has no {sub}/ folder; a complete kandinsky-community/kandinsky-3 checkout has one.")
-    read_unet_config(folder)
+    return read_unet_config(folder)
 
 
 def load_kandinsky3(folder, *, dtype=None, device="cpu", operations=nn, text_encoder=True):
@@ -114,16 +115,22 @@ def load_kandinsky3(folder, *, dtype=None, device="cpu", operations=nn, text_enc
     encoder mixes fp16 and fp32 tensors; its `wo` layers stay fp32 in fp16, as published). `text_encoder=False`
     skips the 8.7 B-parameter T5 and the tokenizer (for callers that bring their own conditioning).
     """
-    check_family(folder)
+    _check_configs(folder, text_encoder)
+    scheduler = L.load_scheduler(folder)
+    tokenizer = load_tokenizer(os.path.join(folder, "tokenizer")) if text_encoder else None
     dtype = dtype or stored_dtype(_unet_path(folder))
-    unet = load_unet(folder, dtype=dtype, device=device, operations=operations)
-    movq = load_movq(folder, dtype=dtype, device=device, operations=operations)
-    models = Kandinsky3Models(unet, movq, L.load_scheduler(folder))
+    parts = {"dtype": dtype, "device": device, "operations": operations}
+    unet, movq = load_unet(folder, **parts), load_movq(folder, **parts)
+    t5 = load_t5(os.path.join(folder, "text_encoder"), **parts) if text_encoder else None
+    return Kandinsky3Models(unet, movq, scheduler, t5, tokenizer)
+
+
+def _check_configs(folder, text_encoder):
+    """Every component's config, checked before any weights are read (the T5 alone is 8.7 B parameters)."""
+    unet = check_family(folder)
+    L.read_config(L.component_path(folder, "movq"), "movq")
     if text_encoder:
-        models.text_encoder = load_t5(os.path.join(folder, "text_encoder"), dtype=dtype, device=device, operations=operations)
-        models.tokenizer = load_tokenizer(os.path.join(folder, "tokenizer"))
-        width = models.text_encoder.config.d_model
-        if width != unet.config.encoder_hid_dim:
-            raise KandinskyError(f"{folder}: the text encoder is {width} wide but the UNet reads {unet.config.encoder_hid_dim}-wide "
-                                 "text states; the folder mixes parts of different models.")
-    return models
+        width, reads = read_t5_config(os.path.join(folder, "text_encoder")).d_model, unet.encoder_hid_dim
+        if width != reads:
+            raise KandinskyError(f"{folder}: the text encoder is {width} wide but the UNet reads {reads}-wide text states; "
+                                 "the folder mixes parts of different models.")

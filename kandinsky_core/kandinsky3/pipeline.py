@@ -1,11 +1,13 @@
 """Kandinsky 3 text-to-image and image-to-image, as diffusers' Kandinsky3Pipeline / Kandinsky3Img2ImgPipeline.
 
-The prompt is encoded once by the Flan-UL2 T5 (kandinsky3_tech.md §4.4); the UNet denoises MoVQ latents guided as
-`(g + 1)·cond − g·uncond`; the MoVQ decodes without quantizing. Same weights and seed give diffusers' images, minus
-its bugs (§7): a negative prompt longer than the prompt is no longer cut to the prompt's length; with several prompts
-and several images per prompt every image keeps its own prompt's mask; image-to-image on a size that is not a
-multiple of 64 is a clear error instead of a crash deep in the scheduler; and one compute dtype (the UNet's) is used
-throughout, whatever mix of dtypes the checkpoint files hold.
+The prompt is encoded by the Flan-UL2 T5 encoder; the UNet denoises MoVQ latents in the shared
+sampling loop (`sampling.denoise`), guided as `(g + 1)·cond − g·uncond`; the MoVQ decodes without quantizing. Same
+weights and seed give diffusers' images, minus bugs of its pipelines/kandinsky3/pipeline_kandinsky3.py and
+pipeline_kandinsky3_img2img.py: `encode_prompt` cuts a negative prompt longer than the prompt to the prompt's length
+(`negative_prompt_embeds[:, : prompt_embeds.shape[1]]`), and with several prompts and several images per prompt it
+repeats the embeddings image by image but tiles the masks prompt by prompt, so images get another prompt's mask;
+image-to-image on a size that is not a multiple of 64 crashes deep in the scheduler (here a clear error); and the
+checkpoint's mix of dtypes reaches the UNet (here one compute dtype, the UNet's, is used throughout).
 
 Conditioning is a pair `(hidden, mask)`: T5 hidden states (B, L, d) and their attention mask (B, L), 1 for real tokens.
 """
@@ -15,9 +17,8 @@ import numpy as np
 import torch
 
 from .. import images
-from ..decoder_pipeline import _timesteps, finish
 from ..errors import KandinskyError
-from ..sampling import check_guidance, randn, report
+from ..sampling import check_guidance, decode_latents, denoise, device_dtype, randn, timesteps_for
 
 MAX_TOKENS = 128  # the tokenizer pads and truncates every prompt to this many tokens, as trained
 
@@ -42,11 +43,6 @@ class Kandinsky3Models:
         return self.movq.config.scale_factor * self.unet.config.latent_multiple
 
 
-def _device_dtype(module):
-    p = next(module.parameters())
-    return p.device, p.dtype
-
-
 def _prompts(prompt, what):
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -60,9 +56,9 @@ def _encode(models, prompts, min_length=0):
     if models.text_encoder is None or models.tokenizer is None:
         raise KandinskyError("Encoding a prompt needs the Kandinsky 3 text encoder and tokenizer; load the whole "
                              "kandinsky-3 folder, or pass the prompt's conditioning to the sample_* functions.")
-    device, dtype = _device_dtype(models.unet)
+    device, dtype = device_dtype(models.unet)
     ids, mask = models.tokenizer(prompts, max_length=MAX_TOKENS)
-    te_device = _device_dtype(models.text_encoder)[0]
+    te_device = device_dtype(models.text_encoder)[0]
     hidden = models.text_encoder(ids.to(te_device), mask.to(te_device))
     hidden = hidden.masked_fill(mask.to(te_device)[..., None] == 0, 0)
     kept = max(int(mask.sum(-1).max()) + 1, min_length)
@@ -71,7 +67,7 @@ def _encode(models, prompts, min_length=0):
 
 
 def _repeat(pair, n):
-    # Each prompt's states and mask repeated together (diffusers tiles the masks instead: §7.12).
+    # Each prompt's states and mask repeated together (diffusers tiles the masks with `repeat(n, 1)` instead).
     return tuple(t.repeat_interleave(n, dim=0) for t in pair)
 
 
@@ -79,7 +75,7 @@ def _repeat(pair, n):
 def encode_prompt(models, prompt, negative_prompt=None, *, num_images_per_prompt=1, guidance_scale=3.0):
     """(positive, negative) conditioning pairs, num_images_per_prompt rows per prompt; negative is None when
     guidance_scale ≤ 1, all zeros and fully masked when negative_prompt is None ("" encodes the empty prompt)."""
-    check_guidance(guidance_scale)
+    check_guidance(guidance_scale, published=3.0)
     prompts = _prompts(prompt, "prompt")
     positive = _encode(models, prompts)
     if guidance_scale <= 1:
@@ -91,7 +87,7 @@ def encode_prompt(models, prompt, negative_prompt=None, *, num_images_per_prompt
         negatives = negatives * len(prompts) if len(negatives) == 1 else negatives
         if len(negatives) != len(prompts):
             raise KandinskyError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt.")
-        # As long as the prompt's, as in diffusers (the pooling mean counts padding), but never cut to it (§7.1).
+        # As long as the prompt's, as in diffusers (the pooling mean counts padding), but never cut to it.
         negative = _encode(models, negatives, min_length=positive[0].shape[1])
     return _repeat(positive, num_images_per_prompt), _repeat(negative, num_images_per_prompt)
 
@@ -105,20 +101,20 @@ def guided_eps(unet, x, t, positive, negative, guidance_scale):
         uncond, cond = both.chunk(2)
     else:  # padding the shorter one would change its pooled embedding (the pooling mean counts padding)
         uncond, cond = unet(x, t, *negative), unet(x, t, *positive)
+    # sampling.guide(uncond, cond, g + 1) in exact arithmetic, computed as diffusers' Kandinsky3Pipeline does so that
+    # the rounding, and so the images, match it.
     return (guidance_scale + 1.0) * cond - guidance_scale * uncond
 
 
-def denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator=None, callback=None):
-    """The sampling loop: guided UNet, scheduler step, per-step callback."""
-    for i, t in enumerate(timesteps):
-        eps = guided_eps(models.unet, latents, t, positive, negative, guidance_scale)
-        previous, latents = latents, scheduler.step(eps, t, latents, generator=generator)
-        report(callback, i, len(timesteps), t, latents, lambda: scheduler.predict_x0(eps, t, previous))
-    return latents
+def _guided_unet(models, positive, negative, guidance_scale):
+    """`model(x, t)` for `sampling.denoise`: the UNet's guided ε."""
+    def model(x, t):
+        return guided_eps(models.unet, x, t, positive, negative, guidance_scale)
+    return model
 
 
 def _check_conditioning(positive, negative, guidance_scale):
-    check_guidance(guidance_scale)
+    check_guidance(guidance_scale, published=3.0)
     if guidance_scale > 1 and negative is None:
         raise KandinskyError("Guidance needs a negative conditioning (encode_prompt returns one); or set guidance_scale to 1.")
     if negative is not None and negative[0].shape[0] != positive[0].shape[0]:
@@ -132,14 +128,15 @@ def sample_text_to_image(models, positive, negative, shape, *, steps=25, guidanc
     """Latents from noise of `shape` (B, 4, h, w), given `encode_prompt`'s conditioning (B rows each)."""
     _check_conditioning(positive, negative, guidance_scale)
     scheduler = scheduler or models.scheduler
-    device, dtype = _device_dtype(models.unet)
-    timesteps = _timesteps(scheduler, steps)
+    device, dtype = device_dtype(models.unet)
+    timesteps = timesteps_for(scheduler, steps)
     if latents is None:
         latents = randn(shape, generator, device, dtype)
     elif tuple(latents.shape) != tuple(shape):
         raise KandinskyError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
     latents = latents.to(device, dtype) * scheduler.init_noise_sigma
-    return denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator, callback)
+    return denoise(_guided_unet(models, positive, negative, guidance_scale), scheduler, latents, timesteps,
+                   generator=generator, callback=callback)
 
 
 @torch.no_grad()
@@ -148,11 +145,12 @@ def sample_image_to_image(models, positive, negative, init, *, strength=0.3, ste
     """Latents re-drawn from MoVQ latents `init` (one row per output), noised to the level `strength` sets."""
     _check_conditioning(positive, negative, guidance_scale)
     scheduler = scheduler or models.scheduler
-    timesteps = _timesteps(scheduler, steps, strength)
-    init = images.check_finite(init, "The latent image").to(*_device_dtype(models.unet))
+    timesteps = timesteps_for(scheduler, steps, strength)
+    init = images.check_finite(init, "The latent image").to(*device_dtype(models.unet))
     noise = randn(init.shape, generator, init.device, init.dtype)
     latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
-    return denoise(models, scheduler, latents, timesteps, positive, negative, guidance_scale, generator, callback)
+    return denoise(_guided_unet(models, positive, negative, guidance_scale), scheduler, latents, timesteps,
+                   generator=generator, callback=callback)
 
 
 @torch.no_grad()
@@ -169,6 +167,12 @@ def text_to_image(models, prompt, *, negative_prompt=None, height=1024, width=10
     return finish(models, latents, output_type)
 
 
+@torch.no_grad()
+def finish(models, latents, output_type="pil"):
+    """Images from final latents, decoded by Kandinsky 3's MoVQ ('latent': the latents as given)."""
+    return decode_latents(models.movq, latents, output_type)
+
+
 def _image_size(image):
     """(height, width) of a PIL image, a (…, 3, H, W) tensor or an (…, H, W, 3) array, or of a list's first item."""
     first = image[0] if isinstance(image, (list, tuple)) else image
@@ -179,9 +183,10 @@ def _image_size(image):
     return first.height, first.width
 
 
+@torch.no_grad()
 def encode_image(models, image, height=None, width=None):
     """MoVQ latents of the input image(s), resized to (height, width) when given (else kept at their own size)."""
-    device, dtype = _device_dtype(models.unet)
+    device, dtype = device_dtype(models.unet)
     h, w = _image_size(image)
     height, width = height or h, width or w
     images.check_size(height, width, models.size_multiple)

@@ -22,7 +22,7 @@ from torch import nn
 from .. import attention
 from ..config import from_dict
 from ..errors import KandinskyError
-from ..loading import describe, iter_tensors, read_metadata_config, read_shapes, shard_files
+from ..loading import describe, iter_tensors, load_weights, read_metadata_config, read_shapes, shard_files, weights_path
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -235,14 +235,12 @@ class T5Encoder(nn.Module):
 WEIGHT_FILES = ("model.safetensors.index.fp16.json", "model.safetensors", "model.safetensors.index.json",
                 "model.fp16.safetensors", "pytorch_model.bin")  # .bin: the repo's first, fp32 revision
 SKIPPED = ("decoder.", "lm_head.")  # a whole Flan-UL2 (T5ForConditionalGeneration) holds the decoder too
+WHERE = "pass kandinsky-3's text_encoder/ folder or one .safetensors file."
 
 
-def _weights_file(folder):
-    for name in WEIGHT_FILES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    raise KandinskyError(f"{folder} holds no T5 weights (looked for {', '.join(WEIGHT_FILES)}); pass kandinsky-3's "
-                         "text_encoder/ folder or one .safetensors file.")
+def t5_weights_path(path):
+    """The T5 weights file (or shard index) of a text_encoder/ folder, or `path` itself if it is a file."""
+    return weights_path(path, WEIGHT_FILES, hint=WHERE)
 
 
 def config_from_shapes(shapes):
@@ -276,9 +274,14 @@ def read_t5_config(path):
     """The config of the T5 at `path` (folder or file): config.json, our file metadata, or tensor shapes."""
     config_file = os.path.join(path, "config.json") if os.path.isdir(path) else None
     if config_file and os.path.isfile(config_file):
-        with open(config_file) as f:
-            return check_flan_ul2(T5Config.from_dict(json.load(f)))
-    weights = _weights_file(path) if os.path.isdir(path) else path
+        try:
+            with open(config_file) as f:
+                d = json.load(f)
+        except (OSError, ValueError) as err:
+            raise KandinskyError(f"{config_file} cannot be read as JSON ({type(err).__name__}: {err}: cut off or damaged); "
+                                 "copy text_encoder/config.json of kandinsky-community/kandinsky-3 again.") from None
+        return check_flan_ul2(T5Config.from_dict(d))
+    weights = t5_weights_path(path)
     meta = read_metadata_config(weights)
     if meta is not None:
         return check_flan_ul2(T5Config.from_dict(meta))
@@ -312,21 +315,6 @@ def read_tensors(files, dtype, device):
     return sd
 
 
-def _fill(model, sd, where, reference):
-    expected = reference.state_dict()  # a plain build: lazily allocating `operations` list no weights before loading
-    for key, t in sd.items():
-        if key in expected and tuple(expected[key].shape) != tuple(t.shape):
-            raise KandinskyError(f"{where}: tensor {key} has shape {tuple(t.shape)} but the config says "
-                                 f"{tuple(expected[key].shape)}; the config.json does not belong to these weights.")
-    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise KandinskyError(f"{where} does not match a T5 encoder of its config: {len(missing)} missing tensors "
-                             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); a shard may "
-                             "be missing or belong to another model.")
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model
-
-
 def load_t5(path, *, dtype=None, device="cpu", operations=nn):
     """The Flan-UL2 encoder from a `text_encoder/` folder (fp16 shards + index) or one safetensors file.
 
@@ -336,9 +324,13 @@ def load_t5(path, *, dtype=None, device="cpu", operations=nn):
     if os.path.isdir(path) and os.path.isdir(os.path.join(path, "text_encoder")):
         path = os.path.join(path, "text_encoder")
     if not os.path.exists(path):
-        raise KandinskyError(f"{path} does not exist; pass kandinsky-3's text_encoder/ folder or a .safetensors file.")
+        raise KandinskyError(f"{path} does not exist; {WHERE}")
     config = read_t5_config(path)
-    files = shard_files(_weights_file(path) if os.path.isdir(path) else path)
+    weights = t5_weights_path(path)
     model = T5Encoder(config, operations=operations, device="meta")
+    # A plain build to check the file against: lazily allocating `operations` list no weights before loading.
     reference = model if operations is nn else T5Encoder(config, device="meta")
-    return _fill(model, read_tensors(files, dtype, device), path, reference).eval().requires_grad_(False)
+    tensors = read_tensors(shard_files(weights), dtype, device).items()
+    return load_weights(model, weights, reference=reference, tensors=tensors,
+                        config_origin="kandinsky-3's text_encoder/config.json",
+                        mismatch_hint="a shard may be missing or belong to another model.").eval()
