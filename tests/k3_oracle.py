@@ -18,8 +18,9 @@ T5_TINY = {"vocab_size": 1103, "d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers
 
 
 def randomize(module, seed, scale=0.3):
-    """Overwrite every parameter with seeded noise: diffusers zero-initialises the time-conditioned norms, which
-    would make a tiny UNet ignore the timestep and hide a wrong time embedding (kandinsky3_tech.md §6)."""
+    """Overwrite every parameter with seeded noise: diffusers zero-initialises the time-conditioned norms
+    (diffusers/models/unets/unet_kandinsky3.py), which would make a tiny UNet ignore the timestep and hide a wrong
+    time embedding."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():

@@ -1,4 +1,4 @@
-"""The upstream bugs we fix (kandinsky_tech.md §6), clear errors for bad input, the callback, and the CLI."""
+"""The diffusers Kandinsky 2.1 / 2.2 pipeline bugs we fix, clear errors for bad input, the callback, and the CLI."""
 import os
 import subprocess
 import sys

@@ -53,7 +53,7 @@ def test_published_layout_loads_in_diffusers_and_gives_our_images(k3):
 
 
 def test_published_folder_without_dtype_uses_one_compute_dtype(k3):
-    """§7.13: diffusers loads the fp16 files without a dtype as an fp16 T5 but an fp32 UNet and MoVQ, then crashes."""
+    """Given the fp16 files and no dtype, diffusers loads an fp16 T5 but an fp32 UNet and MoVQ, then crashes."""
     pipe = diffusers.Kandinsky3Pipeline.from_pretrained(k3, variant="fp16")
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(RuntimeError, match="same dtype"):

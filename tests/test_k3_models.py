@@ -42,7 +42,8 @@ def test_unet_matches_diffusers(config):
 
 
 def test_timestep_and_padded_tokens_reach_the_output():
-    """With random weights (not diffusers' zero-initialised norms) a parity test can see both (§6)."""
+    """With random weights (not diffusers' zero-initialised norms, see diffusers/models/unets/unet_kandinsky3.py) a
+    parity test can see both; with those zeros the output depends on neither the timestep nor the padded tokens."""
     ours = randomize(UNet(UNET3_SMALL), 0)
     x, context, mask = unet_inputs(UNET3_SMALL)
     changed = context.clone()

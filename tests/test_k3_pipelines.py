@@ -1,5 +1,6 @@
 """Kandinsky 3 text-to-image and image-to-image against diffusers' pipelines (same tiny weights and seed), and the
-upstream bugs we fix instead of copying (kandinsky3_tech.md §7), each compared with diffusers where diffusers is right."""
+upstream bugs we fix instead of copying (diffusers/pipelines/kandinsky3/, both pipelines), each compared with
+diffusers where diffusers is right."""
 import inspect
 
 import numpy as np
@@ -45,7 +46,7 @@ CASES = {
 def test_text_to_image_matches_diffusers(pair, case):
     t2i, _, ours = pair
     kw = CASES[case]
-    if case == "2 prompts x 2":  # equal token counts: diffusers' mask-order bug (§7.12) does not bite
+    if case == "2 prompts x 2":  # equal token counts: diffusers' mask-order bug (tested below) does not bite
         assert tokens(ours, kw["prompt"][0]) == tokens(ours, kw["prompt"][1])
     if "negative_prompt" in kw:
         assert tokens(ours, kw["negative_prompt"]) < tokens(ours, kw["prompt"])
@@ -90,7 +91,7 @@ def test_callback_reports_every_step_and_cancels(pair):
 # ---- upstream bugs, fixed -------------------------------------------------------------------------------------------
 
 def test_negative_prompt_longer_than_the_prompt_is_not_cut(pair):
-    """§7.1: diffusers cuts the negative prompt's states to the prompt's token count; we keep all of them, and run
+    """diffusers cuts the negative prompt's states to the prompt's token count; we keep all of them, and run
     the two branches as separate UNet calls when their lengths differ (padding would change the pooling mean)."""
     t2i, _, ours = pair
     short, negative_prompt = "a red cat", "ugly, cropped, deformed hands, blurry low quality"
@@ -114,7 +115,7 @@ def test_separate_branch_calls_equal_the_batched_call(pair):
 
 
 def test_several_prompts_keep_their_own_masks(pair):
-    """§7.12: with several prompts and num_images_per_prompt > 1, diffusers tiles the masks but repeats the states.
+    """With several prompts and num_images_per_prompt > 1, diffusers tiles the masks but repeats the states.
     Fed our (correctly ordered) conditioning row by row, diffusers agrees with us; its own encoding does not."""
     t2i, _, ours = pair
     prompts = ["a red cat", "a painting of a squirrel eating a burger"]

@@ -6,7 +6,7 @@ import torch
 from kandinsky_core import schedulers as S
 from kandinsky_core.errors import KandinskyError
 
-# scheduler_config.json files as published (kandinsky_tech.md §2.6).
+# The scheduler_config.json files as published in the kandinsky-community Kandinsky 2.1 / 2.2 (and prior) Hub repos.
 DDIM_21 = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
            "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False,
            "steps_offset": 1, "prediction_type": "epsilon", "thresholding": False}
