@@ -18,7 +18,7 @@ L2 distance). Sides alternate process by process; a side's --repeats run back to
 process pays a whole load). The guided UNet step is batch 2 at t = 500: the unconditional row all zeros and fully
 masked (as the pipelines pass it without a negative prompt), the prompt row PROMPT_TOKENS real T5 states and one
 zeroed padding position of TOKENS (the longest context the pipelines keep). The T5 encodes one prompt padded to 128
-tokens with its mask (kandinsky3_tech.md §4.4).
+tokens with its mask, as diffusers' Kandinsky3Pipeline.encode_prompt does.
 """
 import os
 import tempfile

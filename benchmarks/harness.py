@@ -310,7 +310,7 @@ def write_k3_folder(folder, tiny):
         return folder
     unet, movq, t5 = (UNET3_TINY, MOVQ_TINY8, T5_TINY) if tiny else (UNET3, MOVQ_K3, FLAN_UL2)
     write_k3_parts(folder, unet, t5, movq)
-    write_json(os.path.join(folder, "model_index.json"),  # as published (kandinsky3_tech.md §1.1)
+    write_json(os.path.join(folder, "model_index.json"),  # as kandinsky-community/kandinsky-3 publishes it
                {"_class_name": "Kandinsky3Pipeline", "_diffusers_version": "0.24.0.dev0",
                 "movq": ["diffusers", "VQModel"], "scheduler": ["diffusers", "DDPMScheduler"],
                 "text_encoder": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "T5Tokenizer"],
