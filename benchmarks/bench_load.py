@@ -17,7 +17,7 @@ import harness as H
 
 def _ours_component(kind):
     def load(path, dtype, device):
-        from kandinsky_core.loading import load_component
+        from kandinsky_core.kandinsky2.loading import load_component
         return load_component(path, kind, dtype=dtype, device=device)
     return load
 
@@ -63,7 +63,7 @@ def fp16_copy(spec, name):
     path = os.path.join(folder, "diffusion_pytorch_model.fp16.safetensors")
     if not os.path.isfile(path):
         from safetensors.torch import save_file
-        from kandinsky_core.loading import iter_tensors, weights_path
+        from kandinsky_core.weights import iter_tensors, weights_path
         save_file(dict(iter_tensors(weights_path(folder), dtype=torch.float16)), path)
     return os.path.relpath(path, spec["folders"][MODELS[name]["folder"]])
 
@@ -94,7 +94,7 @@ def child(spec, device, memory):
     dtype = H.DTYPES.get(spec["dtype"])
     path = model_path(spec, spec["model"], spec.get("file"))
     import diffusers  # noqa: F401  imported by both sides so neither pays its import inside the timing
-    import kandinsky_core.loading  # noqa: F401
+    import kandinsky_core.kandinsky2.loading  # noqa: F401
     MODELS[spec["model"]].get("preload", lambda: None)()
     if spec["cold"]:
         H.set_page_cache(H.weight_files(path), cold=True)

@@ -17,7 +17,7 @@ def child(spec, device, memory):
         decode = lambda z: movq.decode(z, force_not_quantize=True).sample
     else:
         from kandinsky_core import tiling
-        from kandinsky_core.loading import load_component
+        from kandinsky_core.kandinsky2.loading import load_component
         movq = load_component(os.path.join(spec["decoder"], "movq"), "movq", dtype=dtype, device=device)
         tile = spec.get("tile")
         decode = (lambda z: movq.decode(z)) if tile is None else (lambda z: tiling.decode_tiled(movq, z, tile, tile // 4))

@@ -9,13 +9,14 @@ import harness as H
 def child(spec, device, memory):
     """Final latents from one starting noise: ours DPM++ 25 and diffusers' DDPM / DDIM 100 against a 1000-step DDIM."""
     import diffusers
-    from kandinsky_core import decoder_pipeline as D, schedulers
-    from kandinsky_core.decoder_pipeline import DecoderModels
-    from kandinsky_core.loading import load_decoder_models
+    from kandinsky_core import schedulers
+    from kandinsky_core.kandinsky2 import decoder_pipeline as D
+    from kandinsky_core.kandinsky2.decoder_pipeline import DecoderModels
+    from kandinsky_core.kandinsky2.loading import load_decoder_models
     if spec["decoder"] is None:  # --quick: a tiny UNet with diffusers' default init; the full model takes ~1000 steps too long
         from dataclasses import asdict
         from kandinsky_core.movq import MOVQ_TINY, MoVQ
-        from kandinsky_core.unet import UNET_22_TINY, UNet
+        from kandinsky_core.kandinsky2.unet import UNET_22_TINY, UNet
         torch.manual_seed(0)
         their_unet = diffusers.UNet2DConditionModel(**asdict(UNET_22_TINY), class_embed_type=None).eval()
         ours = DecoderModels(UNet(UNET_22_TINY).eval(), MoVQ(MOVQ_TINY).eval(), None)

@@ -31,8 +31,9 @@ def _extrapolate(total, stamps, steps):
 
 
 def _run_ours(spec, device, dtype, g, clocks):
-    from kandinsky_core import decoder_pipeline, prior_pipeline
-    from kandinsky_core.loading import load_decoder_models, load_prior_models, read_scheduler_config
+    from kandinsky_core.kandinsky2 import decoder_pipeline, prior_pipeline
+    from kandinsky_core.kandinsky2.loading import load_decoder_models, load_prior_models
+    from kandinsky_core.weights import read_scheduler_config
     from kandinsky_core.schedulers import dpm_solver_from
     from kandinsky_core.speed import optimize
     (prior_models, decoder), load_s = H.timed(lambda: (load_prior_models(spec["prior"], dtype=dtype, device=device),

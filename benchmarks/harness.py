@@ -194,9 +194,9 @@ def write_22_weights(root):
     from kandinsky_core.config import to_dict
     from kandinsky_core.images import KANDINSKY_CLIP_PREPROCESSOR
     from kandinsky_core.movq import MOVQ
-    from kandinsky_core.prior import PRIOR_22
-    from kandinsky_core.tiny_tokenizers import tiny_clip_text_config, tiny_clip_vision_config, write_clip_tokenizer
-    from kandinsky_core.unet import UNET_22
+    from kandinsky_core.kandinsky2.prior import PRIOR_22
+    from kandinsky_core.kandinsky2.tiny_tokenizers import tiny_clip_text_config, tiny_clip_vision_config, write_clip_tokenizer
+    from kandinsky_core.kandinsky2.unet import UNET_22
 
     def plain(d):
         return {k: v for k, v in d.items() if k != "_class_name"}
@@ -305,7 +305,7 @@ def write_k3_folder(folder, tiny):
     from kandinsky_core.kandinsky3.tiny_text import T5_TINY
     from kandinsky_core.kandinsky3.unet import UNET3, UNET3_TINY
     from kandinsky_core.movq import MOVQ_K3
-    from kandinsky_core.tiny import MOVQ_TINY8
+    from kandinsky_core.kandinsky2.tiny import MOVQ_TINY8
     if os.path.isfile(os.path.join(folder, "model_index.json")):
         return folder
     unet, movq, t5 = (UNET3_TINY, MOVQ_TINY8, T5_TINY) if tiny else (UNET3, MOVQ_K3, FLAN_UL2)

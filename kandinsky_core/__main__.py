@@ -11,12 +11,14 @@ import time
 
 import torch
 
-from . import decoder_pipeline, prior_pipeline, tiny
 from .errors import KandinskyError
-from .kandinsky3 import pipeline as k3_pipeline, tiny as k3_tiny
+from .kandinsky2 import decoder_pipeline, prior_pipeline, tiny
+from .kandinsky2.loading import load_decoder_models, load_prior_models
+from .kandinsky3 import pipeline as k3_pipeline
+from .kandinsky3 import tiny as k3_tiny
 from .kandinsky3.loading import load_kandinsky3
-from .loading import load_decoder_models, load_prior_models, read_scheduler_config
 from .schedulers import dpm_solver_from
+from .weights import read_scheduler_config
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -209,6 +209,16 @@ def clip_image_inputs(images, image_processor_config=None):
     return torch.stack(pixels)
 
 
+def image_size(image):
+    """(height, width) of a PIL image, a (…, 3, H, W) tensor or an (…, H, W, 3) array, or of a list's first item."""
+    first = image[0] if isinstance(image, (list, tuple)) else image
+    if isinstance(first, torch.Tensor):
+        return tuple(first.shape[-2:])
+    if isinstance(first, np.ndarray):
+        return tuple(first.shape[-3:-1])
+    return first.height, first.width
+
+
 def _hw(shape):
     return f"{shape[0]}x{shape[1]}"
 

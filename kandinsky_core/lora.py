@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import KandinskyError
+from .weights import iter_tensors
 
 # What each kind of LoRA patches: module paths (as in our state dicts, which keep diffusers' names) and projections.
 TARGETS = {
@@ -203,8 +204,6 @@ def _not_safetensors(path):
 def read_state_dict(path):
     """The tensors of a LoRA file (.safetensors, or .bin/.pt read with weights_only), refusing a file that is not one
     with a KandinskyError naming it."""
-    from .loading import iter_tensors  # loading pulls in transformers; only file readers need it
-
     path, name = os.fspath(path), os.path.basename(path)
     problem = _not_safetensors(path)
     if problem is None:
@@ -252,17 +251,10 @@ def lora_key_map(weight_keys, prefix=""):
 
 def model_kind(model):
     """The network a LoRA goes into and its kind: a UNet, K3 UNet or PriorTransformer, or the *Models holding one."""
-    from .kandinsky3.unet import UNet as UNet3
-    from .prior import PriorTransformer
-    from .unet import UNet
-
     model = getattr(model, "unet", None) or getattr(model, "prior", None) or model
-    if isinstance(model, UNet):
-        return model, "decoder"
-    if isinstance(model, PriorTransformer):
-        return model, "prior"
-    if isinstance(model, UNet3):
-        return model, "kandinsky3"
+    kind = getattr(type(model), "lora_kind", None)  # each family's LoRA-able networks name the kind they take
+    if kind in KIND_NAMES:
+        return model, kind
     raise KandinskyError(f"LoRAs go into a Kandinsky UNet or prior transformer, not a {type(model).__name__}.")
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import attention, config
 from .errors import KandinskyError
+from .weights import component_path, count_indices, describe, load_model, read_config
 
 # Submodules are registered in diffusers' order, so state-dict keys come out in its order too.
 # diffusers' SpatialNorm hard-codes 32 groups, whatever `norm_num_groups` says (it only reaches the encoder).
@@ -309,7 +310,7 @@ class MoVQ(torch.nn.Module):
     def encode(self, x):
         """Image (B, 3, H, W) in [-1, 1] -> unquantized, unscaled latents (B, 4, H/8, W/8) for the real MoVQ."""
         self._check_image(x)
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x)).contiguous()
 
     def decode(self, z, force_not_quantize=True):
         """Latents -> image in about [-1, 1]; the Kandinsky pipelines never quantize (force_not_quantize=True)."""
@@ -335,3 +336,41 @@ class MoVQ(torch.nn.Module):
         if z.ndim != 4 or z.shape[1] != c:
             raise KandinskyError(f"MoVQ.decode needs latents of shape (B, {c}, h, w), got {tuple(z.shape)}: pass "
                                  "the latents a Kandinsky decoder or MoVQ.encode produced.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: a diffusers movq/ folder or one safetensors file (2.x and Kandinsky 3 alike).
+
+MOVQ_CLASS = "VQModel"
+
+
+def is_movq(shapes):
+    """True if tensor names are those of a MoVQ (a codebook and a decoder)."""
+    return "quantize.embedding.weight" in shapes and "decoder.conv_in.weight" in shapes
+
+
+def movq_config_from_shapes(shapes):
+    """Rebuild a MoVQ config from tensor shapes (32 norm groups, as published)."""
+    n = count_indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
+    ch = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n))
+    down = tuple("AttnDownEncoderBlock2D" if f"encoder.down_blocks.{i}.attentions.0.to_q.weight" in shapes else "DownEncoderBlock2D" for i in range(n))
+    up = tuple("AttnUpDecoderBlock2D" if f"decoder.up_blocks.{i}.attentions.0.to_q.weight" in shapes else "UpDecoderBlock2D" for i in range(n))
+    codes, dim = shapes["quantize.embedding.weight"]
+    return MoVQConfig(block_out_channels=ch, down_block_types=down, up_block_types=up, norm_type="spatial",
+                      layers_per_block=count_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+                      latent_channels=shapes["quant_conv.weight"][0], num_vq_embeddings=codes, vq_embed_dim=dim,
+                      in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0])
+
+
+def read_movq_config(path):
+    """The MoVQ config at `path` (movq/ folder or one file): config.json, our file metadata, or tensor shapes."""
+    def check(shapes):
+        if not is_movq(shapes):
+            raise KandinskyError(f"{path} is not a MoVQ: it looks like {describe(shapes)}.")
+    return read_config(path, MoVQConfig, MOVQ_CLASS, movq_config_from_shapes, check, what="a Kandinsky MoVQ")
+
+
+def load_movq(path, *, dtype=None, device="cpu", operations=torch.nn):
+    """The MoVQ from a repo folder, its movq/ folder or one safetensors file."""
+    path = component_path(path, "movq")
+    return load_model(MoVQ, read_movq_config(path), path, "movq", dtype=dtype, device=device, operations=operations)

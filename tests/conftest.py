@@ -37,7 +37,7 @@ def pytest_report_header():
 
 def write_models(root):
     """Every tiny Kandinsky repo folder, a tiny depth model and the 2.2 decoder's UNet as a lone file, under `root`."""
-    from kandinsky_core import loading, tiny  # imported here: only sessions that start a server need them
+    from kandinsky_core.kandinsky2 import loading, tiny  # imported here: only sessions that start a server need them
     import k3_files
 
     folders = tiny.write_all(str(root))

@@ -1,12 +1,10 @@
 """Tiny Kandinsky 3 components for diffusers (the oracle) and for kandinsky_core, sharing the very same weights."""
-from dataclasses import asdict
-
 import torch
 from transformers import T5Config as HFT5Config, T5EncoderModel, T5Tokenizer as HFT5Tokenizer
 
 import diffusers
 from kandinsky_core import schedulers
-from kandinsky_core.config import to_dict
+from kandinsky_core.config import diffusers_fields, to_dict
 from kandinsky_core.kandinsky3.pipeline import Kandinsky3Models
 from kandinsky_core.kandinsky3.unet import UNET3_TINY, UNet
 from kandinsky_core.movq import MOVQ_TINY, MoVQ
@@ -30,7 +28,7 @@ def randomize(module, seed, scale=0.3):
 
 def their_unet(config=UNET3_TINY, seed=0):
     """diffusers' Kandinsky3UNet of `config`, every weight random."""
-    return randomize(diffusers.Kandinsky3UNet(**asdict(config)), seed)
+    return randomize(diffusers.Kandinsky3UNet(**diffusers_fields(config)), seed)
 
 
 def their_movq(seed=0):

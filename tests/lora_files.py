@@ -43,9 +43,9 @@ def write_lora(path, state_dict):
 
 def model_shapes(kandinsky_root, folder, part):
     """{weight key: shape} of a tiny checkpoint's part (e.g. 'kandinsky-2-2-decoder', 'unet') under `kandinsky_root`."""
-    from kandinsky_core import loading
+    from kandinsky_core import weights
 
-    return loading.read_shapes(loading.weights_path(str(kandinsky_root / folder / part)))
+    return weights.read_shapes(weights.weights_path(str(kandinsky_root / folder / part)))
 
 
 def write_example_loras(folder, kandinsky_root):

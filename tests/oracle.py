@@ -11,15 +11,15 @@ from transformers import (CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModelWi
 import diffusers
 from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP as TheirMCLIP
 from kandinsky_core import schedulers
-from kandinsky_core import unet as U
+from kandinsky_core.kandinsky2 import unet as U
 from kandinsky_core.config import to_dict
 from kandinsky_core.images import KANDINSKY_CLIP_PREPROCESSOR
-from kandinsky_core.decoder_pipeline import DecoderModels
+from kandinsky_core.kandinsky2.decoder_pipeline import DecoderModels
 from kandinsky_core.movq import MOVQ_TINY, MoVQ
-from kandinsky_core.prior import PRIOR_TINY, PriorTransformer
-from kandinsky_core.prior_pipeline import PriorModels
-from kandinsky_core.text_encoder import MultilingualCLIP
-from kandinsky_core.tiny_tokenizers import (tiny_clip_text_config, tiny_clip_vision_config, tiny_mclip_config,
+from kandinsky_core.kandinsky2.prior import PRIOR_TINY, PriorTransformer
+from kandinsky_core.kandinsky2.prior_pipeline import PriorModels
+from kandinsky_core.kandinsky2.text_encoder import MultilingualCLIP
+from kandinsky_core.kandinsky2.tiny_tokenizers import (tiny_clip_text_config, tiny_clip_vision_config, tiny_mclip_config,
                                             write_clip_tokenizer, write_xlmr_tokenizer)
 
 

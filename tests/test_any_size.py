@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kandinsky_core import decoder_pipeline as D
+from kandinsky_core.kandinsky2 import decoder_pipeline as D
 from kandinsky_core import schedulers as S
-from kandinsky_core import unet as U
+from kandinsky_core.kandinsky2 import unet as U
 from kandinsky_core.movq import MOVQ_TINY, MoVQ
 from test_unet import unet_inputs
 

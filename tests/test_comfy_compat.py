@@ -102,3 +102,19 @@ def test_requires_comfyui_admits_every_tested_version():
     for version in ("0.3.75", "0.30.0", "0.38.1"):
         assert satisfies(version, declared), (version, declared)
     assert not satisfies("0.3.74", declared)
+
+
+def test_movq_encode_node_gives_contiguous_latents(kandinsky_pack):
+    """MoVQ Encode's LATENT is a plain contiguous tensor, the core's own encode: a sampler fed it runs the kernels it
+    runs for any other latent."""
+    from kandinsky_pack.kandinsky_core.movq import MOVQ_TINY8, MoVQ
+    from kandinsky_pack.nodes.common import movq as node_movq
+    from kandinsky_pack.nodes.common import movq_nodes
+
+    torch.manual_seed(0)
+    model = MoVQ(MOVQ_TINY8).eval().requires_grad_(False)
+    image = torch.rand(1, 64, 48, 3)
+    latent = movq_nodes.encode(node_movq.MoVQ(model, torch.device("cpu"), torch.device("cpu")), image)
+    assert latent.is_contiguous() and latent.shape == (1, 4, 8, 6)
+    with torch.no_grad():  # the same computation on the same data: bit for bit
+        assert torch.equal(latent, model.encode(movq_nodes.encodable(image, 8)))

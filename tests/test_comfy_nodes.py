@@ -18,9 +18,9 @@ from PIL import Image
 
 from comfy_server import PromptError
 from graphs import DECODERS, DEPTH_MODEL, INPAINT_IMAGE, PRIORS, SINGLE_UNET, SIZE, Graph, interpolate_slots
-from kandinsky_core import decoder_pipeline as D
-from kandinsky_core import loading
-from kandinsky_core import prior_pipeline as P
+from kandinsky_core.kandinsky2 import decoder_pipeline as D
+from kandinsky_core.kandinsky2 import loading
+from kandinsky_core.kandinsky2 import prior_pipeline as P
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "object_info.json"
 PREFIX = "Kandinsky2"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from kandinsky_core import depth, tiny
+from kandinsky_core.kandinsky2 import depth, tiny
 from kandinsky_core.errors import KandinskyError
 
 

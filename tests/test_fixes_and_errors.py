@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import diffusers
-from kandinsky_core import decoder_pipeline as D
-from kandinsky_core import prior_pipeline as P
+from kandinsky_core.kandinsky2 import decoder_pipeline as D
+from kandinsky_core.kandinsky2 import prior_pipeline as P
 from kandinsky_core import schedulers as S
-from kandinsky_core import unet as U
+from kandinsky_core.kandinsky2 import unet as U
 from kandinsky_core.errors import Cancelled, KandinskyError
 from kandinsky_core.movq import MOVQ, MOVQ_TINY8, MoVQ
 from oracle import decoder_pair, floats, prior_pair, random_image

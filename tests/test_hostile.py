@@ -15,7 +15,6 @@ does not, so there the pack's own check answers. No version checks NaN against n
 """
 import io
 import json
-import os
 import pickle
 import shutil
 

@@ -129,8 +129,11 @@ def test_sampler_equals_kandinsky_core(comfy, ws, sampler, negative_prompt, deno
     entry, _ = run(comfy, ws, g)
     (served,) = check_images(saved(comfy, entry, save), 1)
     expected = core_image(comfy, sampler, negative_prompt, denoise, seed, steps, cfg)
-    difference = np.abs(served.astype(int) - expected).max()
-    assert difference == 0, f"the served PNG differs from kandinsky_core by up to {difference} levels"
+    difference = np.abs(served.astype(int) - expected)
+    # The same computation in another process: its CPU kernels may round a few 1e-6 differently (thread scheduling and
+    # buffer alignment reach oneDNN's choices), which can move a truncated 8-bit value across one level here and there.
+    assert difference.max() <= 1 and difference.mean() < 0.01, (
+        f"the served PNG differs from kandinsky_core by up to {difference.max()} levels, {difference.mean():.4f} on average")
 
 
 def test_sampler_seeds_and_image_to_image_depends_on_the_image(comfy, ws):

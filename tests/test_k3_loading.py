@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import diffusers
-from kandinsky_core import loading as L
-from kandinsky_core import tiny as tiny2
+from kandinsky_core.kandinsky2 import loading as L
+from kandinsky_core.kandinsky2 import tiny as tiny2
 from kandinsky_core.errors import KandinskyError
 from kandinsky_core.kandinsky3 import loading, pipeline as P, tiny
 from kandinsky_core.kandinsky3.t5 import load_t5

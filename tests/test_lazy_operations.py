@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from kandinsky_core import loading, tiny
+from kandinsky_core import weights
+from kandinsky_core.kandinsky2 import loading, tiny
 from kandinsky_core.errors import KandinskyError
 from kandinsky_core.kandinsky3 import loading as K3L
 from kandinsky_core.kandinsky3 import tiny as K3tiny
@@ -64,7 +65,7 @@ def test_lazy_layers_list_no_weights_before_loading(folders):
     unet = folders["kandinsky-2-2-decoder"] + "/unet"
     lazy = loading.build("unet", loading.read_config(unet, "unet"), operations=LAZY)
     with pytest.raises(KandinskyError, match="0 missing tensors"):
-        loading.load_weights(lazy, loading.weights_path(unet), reference=lazy)
+        weights.load_weights(lazy, weights.weights_path(unet), reference=lazy)
 
 
 def same_state(a, b):
@@ -96,8 +97,8 @@ def test_kandinsky3_unet_and_t5_load_into_lazy_layers(folders):
 
 def test_a_foreign_file_is_still_refused_with_lazy_layers(folders):
     """The check that a file fits its config still runs: a MoVQ file given as the UNet is named, not half-loaded."""
-    movq = loading.weights_path(f"{folders['kandinsky-2-2-decoder']}/movq")
+    movq = weights.weights_path(f"{folders['kandinsky-2-2-decoder']}/movq")
     config = loading.read_config(folders["kandinsky-2-2-decoder"] + "/unet", "unet")
     with pytest.raises(KandinskyError, match="does not match the model its config describes"):
-        loading.load_weights(loading.build("unet", config, operations=LAZY), movq,
+        weights.load_weights(loading.build("unet", config, operations=LAZY), movq,
                              reference=loading.build("unet", config))

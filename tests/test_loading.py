@@ -7,12 +7,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kandinsky_core import loading, tiny
-from kandinsky_core import unet as U
+from kandinsky_core import weights as W
+from kandinsky_core.kandinsky2 import loading, tiny
+from kandinsky_core.kandinsky2 import unet as U
 from kandinsky_core.config import to_dict
 from kandinsky_core.errors import KandinskyError
 from kandinsky_core.movq import MOVQ, MOVQ_TINY8, MoVQ
-from kandinsky_core.prior import PRIOR_21, PRIOR_22, PriorConfig, PriorTransformer
+from kandinsky_core.kandinsky2.prior import PRIOR_21, PRIOR_22, PriorConfig, PriorTransformer
 
 
 @pytest.fixture(scope="module")
@@ -186,22 +187,22 @@ def test_every_dtype_round_trips_exactly(tmp_path, source, target):
     sd = sample_tensors(source)
     path = str(tmp_path / "w.safetensors")
     save_file(sd, path)
-    loaded = dict(loading.iter_tensors(path, dtype=target))
+    loaded = dict(W.iter_tensors(path, dtype=target))
     assert loaded.keys() == sd.keys()
     for k, t in sd.items():
         want = t.to(target) if target is not None and t.is_floating_point() else t
         assert loaded[k].dtype == want.dtype and loaded[k].shape == want.shape and torch.equal(raw(loaded[k]), raw(want)), k
-    assert loading.read_shapes(path) == {k: tuple(t.shape) for k, t in sd.items()}
+    assert W.read_shapes(path) == {k: tuple(t.shape) for k, t in sd.items()}
 
 
 def test_unconverted_tensors_share_the_file_copy_on_write(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({"a": torch.ones(4096), "b": torch.zeros(3)}, str(path))
     before = path.read_bytes()
-    loaded = dict(loading.iter_tensors(str(path)))
+    loaded = dict(W.iter_tensors(str(path)))
     loaded["a"].mul_(3)  # parameters are writable; the checkpoint on disk must not change
     assert path.read_bytes() == before and loaded["a"][0] == 3
-    assert dict(loading.iter_tensors(str(path)))["a"][0] == 1
+    assert dict(W.iter_tensors(str(path)))["a"][0] == 1
 
 
 def write_raw_safetensors(path, entries, pad=0):
@@ -221,7 +222,7 @@ def test_misaligned_tensors_load(tmp_path):
     path = str(tmp_path / "odd.safetensors")
     write_raw_safetensors(path, [("u", "U8", [3], b"abc"), ("x", "F32", [1000], x.numpy().tobytes())], pad=1)
     for dtype in (None, torch.float16):
-        loaded = dict(loading.iter_tensors(path, dtype=dtype))
+        loaded = dict(W.iter_tensors(path, dtype=dtype))
         assert torch.equal(loaded["x"], x.to(dtype or x.dtype)) and loaded["u"].tolist() == [97, 98, 99]
 
 
@@ -230,14 +231,14 @@ def test_data_cut_short_is_named(tmp_path):
     save_file({"a": torch.ones(1000), "b": torch.ones(1000)}, str(path))
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(KandinskyError, match="truncated or corrupt .*tensor b lies outside the file"):
-        list(loading.iter_tensors(str(path), dtype=torch.float16))
+        list(W.iter_tensors(str(path), dtype=torch.float16))
 
 
 def test_unknown_stored_dtype_is_named(tmp_path):
     path = str(tmp_path / "c.safetensors")
     write_raw_safetensors(path, [("z", "C64", [1], b"\0" * 8)])
     with pytest.raises(KandinskyError, match="tensor z is stored as C64"):
-        loading.read_shapes(path)
+        W.read_shapes(path)
 
 
 def write_shards(folder, model, index_name, weights="model-{:05d}-of-00002.safetensors"):
@@ -265,7 +266,7 @@ def test_sharded_checkpoints_load(repos, tmp_path, index_name, weights):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(to_dict(MOVQ_TINY8, "VQModel")))
     write_shards(str(folder), model, index_name, weights)
-    assert loading.weights_path(str(folder)).endswith(index_name)
+    assert W.weights_path(str(folder)).endswith(index_name)
     assert same_weights(loading.load_component(str(folder), "movq"), model)
     half = loading.load_component(str(folder), "movq", dtype=torch.bfloat16)
     assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(half.state_dict().values(), model.state_dict().values()))

@@ -6,8 +6,8 @@ import torch
 
 from kandinsky_core import lora as L
 from kandinsky_core.errors import KandinskyError
-from kandinsky_core.prior import PRIOR_22, PRIOR_TINY, PriorTransformer
-from kandinsky_core.unet import UNET_21, UNET_22, UNET_22_DEPTH_TINY, UNET_22_TINY, UNet
+from kandinsky_core.kandinsky2.prior import PRIOR_22, PRIOR_TINY, PriorTransformer
+from kandinsky_core.kandinsky2.unet import UNET_21, UNET_22, UNET_22_DEPTH_TINY, UNET_22_TINY, UNet
 from lora_files import lora_names, random_lora, write_lora
 
 

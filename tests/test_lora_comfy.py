@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from graphs import SIZE, Graph
-from kandinsky_core import decoder_pipeline as D
-from kandinsky_core import loading
-from kandinsky_core import prior_pipeline as P
+from kandinsky_core.kandinsky2 import decoder_pipeline as D
+from kandinsky_core.kandinsky2 import loading
+from kandinsky_core.kandinsky2 import prior_pipeline as P
 from kandinsky_core.lora import apply_lora
 from lora_files import DECODER_LORA, PRIOR_LORA, model_shapes, random_lora, write_lora
 

@@ -9,7 +9,7 @@ from k3_files import random_unet
 from kandinsky_core import lora as L
 from kandinsky_core.errors import KandinskyError
 from kandinsky_core.kandinsky3.unet import UNET3_TINY
-from kandinsky_core.unet import UNET_22_TINY, UNet
+from kandinsky_core.kandinsky2.unet import UNET_22_TINY, UNet
 from lora_files import random_lora, write_lora
 
 T5_LAYERS = {"text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": torch.zeros(2, 32),

@@ -1,11 +1,11 @@
-"""Embedding paths for animations: linear and spherical interpolation (kandinsky_core.mixing)."""
+"""Embedding paths for animations: linear and spherical interpolation (kandinsky_core.kandinsky2.mixing)."""
 import math
 
 import pytest
 import torch
 
 from kandinsky_core.errors import KandinskyError
-from kandinsky_core.mixing import embedding_path
+from kandinsky_core.kandinsky2.mixing import embedding_path
 
 
 def _pair(shape=(2, 1, 16), seed=0):

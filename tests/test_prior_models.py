@@ -11,9 +11,9 @@ from transformers import (AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjec
 
 from kandinsky_core import attention
 from kandinsky_core.errors import KandinskyError
-from kandinsky_core.prior import PRIOR_21, PRIOR_22, PRIOR_TINY, PriorConfig, PriorTransformer
-from kandinsky_core.text_encoder import MultilingualCLIP, encode_clip_prompt, encode_text
-from kandinsky_core.tiny_tokenizers import (WORDS, tiny_clip_text_config, tiny_mclip_config, write_clip_tokenizer,
+from kandinsky_core.kandinsky2.prior import PRIOR_21, PRIOR_22, PRIOR_TINY, PriorConfig, PriorTransformer
+from kandinsky_core.kandinsky2.text_encoder import MultilingualCLIP, encode_clip_prompt, encode_text
+from kandinsky_core.kandinsky2.tiny_tokenizers import (WORDS, tiny_clip_text_config, tiny_mclip_config, write_clip_tokenizer,
                                             write_xlmr_tokenizer)
 
 TOL = 1e-5

@@ -4,12 +4,12 @@ tokenizers refuse such strings with raw errors (asserted here too, so the tests 
 import pytest
 import torch
 
-from kandinsky_core import loading
+from kandinsky_core.kandinsky2 import loading
 from kandinsky_core.kandinsky3.tiny_text import write_tokenizer
 from kandinsky_core.kandinsky3.tokenizer import load_tokenizer as load_t5_tokenizer
 from kandinsky_core.prompts import encodable
-from kandinsky_core.text_encoder import tokenize
-from kandinsky_core.tiny_tokenizers import write_clip_tokenizer, write_xlmr_tokenizer
+from kandinsky_core.kandinsky2.text_encoder import tokenize
+from kandinsky_core.kandinsky2.tiny_tokenizers import write_clip_tokenizer, write_xlmr_tokenizer
 
 LONE, REPLACED = "a red \ud800 cat \udfff", "a red \ufffd cat \ufffd"
 

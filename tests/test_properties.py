@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hostile_summary import record
-from kandinsky_core import decoder_pipeline as D
-from kandinsky_core import images, mixing, sampling, tiling
+from kandinsky_core.kandinsky2 import decoder_pipeline as D
+from kandinsky_core import images, sampling, tiling
+from kandinsky_core.kandinsky2 import mixing
 from kandinsky_core.errors import KandinskyError
-from kandinsky_core.unet import UNET_22_TINY, UNet
+from kandinsky_core.kandinsky2.unet import UNET_22_TINY, UNet
 
 pytest_plugins = ["hostile_summary"]
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from kandinsky_core import decoder_pipeline as D
-from kandinsky_core import depth
-from kandinsky_core import loading as L
-from kandinsky_core import prior_pipeline as P
-from kandinsky_core import sampling, tiny
+from kandinsky_core.kandinsky2 import decoder_pipeline as D
+from kandinsky_core.kandinsky2 import depth
+from kandinsky_core.kandinsky2 import loading as L
+from kandinsky_core.kandinsky2 import prior_pipeline as P
+from kandinsky_core import sampling
+from kandinsky_core.kandinsky2 import tiny
 from kandinsky_core.errors import Cancelled, KandinskyError
 from kandinsky_core.kandinsky3 import loading as K3L
 from kandinsky_core.kandinsky3 import pipeline as K3

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from kandinsky_core import unet as U
+from kandinsky_core.kandinsky2 import unet as U
 from kandinsky_core.errors import KandinskyError
 
 TINY = {"2.1": U.UNET_21_TINY, "2.1-inpaint": U.UNET_21_INPAINT_TINY, "2.2": U.UNET_22_TINY,

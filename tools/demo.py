@@ -18,7 +18,7 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
 from comfy_server import TERMINAL_MESSAGES, ComfyServer  # noqa: E402
-from kandinsky_core import tiny  # noqa: E402
+from kandinsky_core.kandinsky2 import tiny  # noqa: E402
 
 
 def parse_args():

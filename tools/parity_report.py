@@ -16,10 +16,10 @@ import torch
 sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests"), os.path.join(os.path.dirname(__file__), "..")]
 
 import diffusers  # noqa: E402
-from kandinsky_core import decoder_pipeline as D  # noqa: E402
-from kandinsky_core import prior_pipeline as P  # noqa: E402
+from kandinsky_core.kandinsky2 import decoder_pipeline as D  # noqa: E402
+from kandinsky_core.kandinsky2 import prior_pipeline as P  # noqa: E402
 from kandinsky_core import schedulers as S  # noqa: E402
-from kandinsky_core import unet as U  # noqa: E402
+from kandinsky_core.kandinsky2 import unet as U  # noqa: E402
 from kandinsky_core.movq import MOVQ_TINY8  # noqa: E402
 from oracle import decoder_pair, floats, prior_pair, random_image  # noqa: E402
 

@@ -13,11 +13,11 @@ Conditioning is a pair `(hidden, mask)`: T5 hidden states (B, L, d) and their at
 """
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .. import images
 from ..errors import KandinskyError
+from ..prompts import prompt_list
 from ..sampling import check_guidance, decode_latents, denoise, device_dtype, randn, timesteps_for
 
 MAX_TOKENS = 128  # the tokenizer pads and truncates every prompt to this many tokens, as trained
@@ -41,13 +41,6 @@ class Kandinsky3Models:
     def size_multiple(self):
         """Image height and width must be multiples of this (64 for the published model)."""
         return self.movq.config.scale_factor * self.unet.config.latent_multiple
-
-
-def _prompts(prompt, what):
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise KandinskyError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}.")
-    return prompts
 
 
 def _encode(models, prompts, min_length=0):
@@ -76,14 +69,14 @@ def encode_prompt(models, prompt, negative_prompt=None, *, num_images_per_prompt
     """(positive, negative) conditioning pairs, num_images_per_prompt rows per prompt; negative is None when
     guidance_scale ≤ 1, all zeros and fully masked when negative_prompt is None ("" encodes the empty prompt)."""
     check_guidance(guidance_scale, published=3.0)
-    prompts = _prompts(prompt, "prompt")
+    prompts = prompt_list(prompt, "prompt")
     positive = _encode(models, prompts)
     if guidance_scale <= 1:
         return _repeat(positive, num_images_per_prompt), None
     if negative_prompt is None:
         negative = (torch.zeros_like(positive[0]), torch.zeros_like(positive[1]))
     else:
-        negatives = _prompts(negative_prompt, "negative_prompt")
+        negatives = prompt_list(negative_prompt, "negative_prompt")
         negatives = negatives * len(prompts) if len(negatives) == 1 else negatives
         if len(negatives) != len(prompts):
             raise KandinskyError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt.")
@@ -173,21 +166,11 @@ def finish(models, latents, output_type="pil"):
     return decode_latents(models.movq, latents, output_type)
 
 
-def _image_size(image):
-    """(height, width) of a PIL image, a (…, 3, H, W) tensor or an (…, H, W, 3) array, or of a list's first item."""
-    first = image[0] if isinstance(image, (list, tuple)) else image
-    if isinstance(first, torch.Tensor):
-        return tuple(first.shape[-2:])
-    if isinstance(first, np.ndarray):
-        return tuple(first.shape[-3:-1])
-    return first.height, first.width
-
-
 @torch.no_grad()
 def encode_image(models, image, height=None, width=None):
     """MoVQ latents of the input image(s), resized to (height, width) when given (else kept at their own size)."""
     device, dtype = device_dtype(models.unet)
-    h, w = _image_size(image)
+    h, w = images.image_size(image)
     height, width = height or h, width or w
     images.check_size(height, width, models.size_multiple)
     return models.movq.encode(images.preprocess_image(image, height, width).to(device, dtype))

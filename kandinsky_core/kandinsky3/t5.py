@@ -22,7 +22,7 @@ from torch import nn
 from .. import attention
 from ..config import from_dict
 from ..errors import KandinskyError
-from ..loading import describe, iter_tensors, load_weights, read_metadata_config, read_shapes, shard_files, weights_path
+from ..weights import describe, iter_tensors, load_weights, read_metadata_config, read_shapes, shard_files, weights_path
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -232,10 +232,11 @@ class T5Encoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading the published text_encoder/ folder (fp16 shards with fp32 `wo`) or one safetensors file.
 
+# .bin: kandinsky-3's first, fp32 revision; the sharded .bin index: Kandinsky 3.1's weights/flan_ul2_encoder/.
 WEIGHT_FILES = ("model.safetensors.index.fp16.json", "model.safetensors", "model.safetensors.index.json",
-                "model.fp16.safetensors", "pytorch_model.bin")  # .bin: the repo's first, fp32 revision
+                "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.bin.index.json")
 SKIPPED = ("decoder.", "lm_head.")  # a whole Flan-UL2 (T5ForConditionalGeneration) holds the decoder too
-WHERE = "pass kandinsky-3's text_encoder/ folder or one .safetensors file."
+WHERE = "pass kandinsky-3's text_encoder/ folder, Kandinsky 3.1's weights/flan_ul2_encoder/ or one .safetensors file."
 
 
 def t5_weights_path(path):

@@ -6,6 +6,7 @@ prompt's padding mask) at the three lower levels, and one attention query, the m
 the time embedding. There is no mid block; down-sampling is a stride-2 convolution, up-sampling a transposed one.
 Parameter and key names are diffusers' `Kandinsky3UNet`, so the published `unet/` weights load without a key map.
 """
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import attention
-from ..config import from_dict
+from ..config import extension, from_dict
 from ..errors import KandinskyError
 from ..layers import TimestepEmbedding, timestep_embedding
 
@@ -25,6 +26,8 @@ COMPRESSION_RATIO = 2  # ResNet blocks' inner width, ÷ max(in, out)
 CROSS_ATTENTION = (False, True, True, True)
 SELF_ATTENTION = (False, True, True, True)
 MASKED = -10000.0  # additive attention bias for padded tokens, as trained
+# Not in the weights: the published values (a lone file without config.json is read with them).
+PUBLISHED_GROUPS, PUBLISHED_HEAD_DIM = 32, 64
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class UNetConfig:
     """The `unet/config.json` keys of diffusers' Kandinsky3UNet; defaults are the published model."""
 
     in_channels: int = 4
+    out_channels: int | None = extension(None)  # None: in_channels, as diffusers; original inpainting maps 9 to 4
     block_out_channels: tuple = (384, 768, 1536, 3072)
     time_embedding_dim: int = 1536
     cross_attention_dim: int = 4096
@@ -39,6 +43,9 @@ class UNetConfig:
     attention_head_dim: int = 64
     groups: int = 32
     layers_per_block: int = 3
+    # How the sinusoidal timestep features are computed: "diffusers" (its get_timestep_embedding) or "original" (the
+    # ai-forever code's order of operations, whose frequencies round differently: up to 6e-5 apart at t = 979).
+    time_features: str = extension("diffusers")
 
     @classmethod
     def from_dict(cls, d):
@@ -52,6 +59,9 @@ class UNetConfig:
         if not 1 <= len(self.block_out_channels) <= len(CROSS_ATTENTION):
             raise KandinskyError(f"Kandinsky 3 UNet config: {len(self.block_out_channels)} levels in block_out_channels; "
                                  f"the architecture has 1 to {len(CROSS_ATTENTION)} (4 published).")
+        if self.time_features not in ("diffusers", "original"):
+            raise KandinskyError(f"Kandinsky 3 UNet config: time_features {self.time_features!r}; use 'diffusers' or "
+                                 "'original'.")
         if self.layers_per_block < 2:
             raise KandinskyError(f"Kandinsky 3 UNet config: layers_per_block {self.layers_per_block}; it must be at least 2 (3 published).")
 
@@ -59,6 +69,11 @@ class UNetConfig:
     def init_channels(self):
         """Width after conv_in and before conv_out (half the first level's)."""
         return self.block_out_channels[0] // 2
+
+    @property
+    def output_channels(self):
+        """Channels of the predicted ε (those of the latents)."""
+        return self.out_channels or self.in_channels
 
     @property
     def latent_multiple(self):
@@ -251,6 +266,8 @@ class AttentionPooling(nn.Module):
 class UNet(nn.Module):
     """The Kandinsky 3 UNet: predicts ε for 4-channel MoVQ latents, conditioned on T5 hidden states and their mask."""
 
+    lora_kind = "kandinsky3"  # what `kandinsky_core.lora` merges into it
+
     def __init__(self, config=UNET3, *, operations=nn, dtype=None, device=None):
         super().__init__()
         config.validate()
@@ -269,18 +286,21 @@ class UNet(nn.Module):
             UpBlock(widths[n - i], widths[n - i] if i else 0, widths[n - 1 - i], CROSS_ATTENTION[-1 - i],
                     SELF_ATTENTION[-1 - i], i > 0, config, **kw) for i in range(n)])
         self.conv_norm_out = operations.GroupNorm(config.groups, init, dtype=dtype, device=device)
-        self.conv_out = operations.Conv2d(init, config.in_channels, 3, padding=1, dtype=dtype, device=device)
+        self.conv_out = operations.Conv2d(init, config.output_channels, 3, padding=1, dtype=dtype, device=device)
 
-    def forward(self, x, timesteps, context, context_mask=None):
-        """ε for latents x (B, 4, h, w) at `timesteps` (scalar or (B,)), given T5 hidden states `context` (B, L, 4096)
-        and their attention mask (B, L), 1 for real tokens (None: every token is real)."""
-        self.check_inputs(x, context, context_mask)
+    def forward(self, x, timesteps, context, context_mask=None, *, projected=False):
+        """ε for latents x (B, C, h, w) at `timesteps` (scalar or (B,)), given T5 hidden states `context` (B, L, 4096)
+        and their attention mask (B, L), 1 for real tokens (None: every token is real).
+
+        `projected=True`: `context` has been through `encoder_hid_proj` already, as the original ai-forever code feeds
+        it (projected, then zeroed where masked)."""
+        self.check_inputs(x, context, context_mask, projected)
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], device=x.device)
         mask = ((1 - context_mask.to(x.dtype)) * MASKED)[:, None, None, :]  # additive, (B, 1, 1, L)
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
-        temb = self.time_embedding(timestep_embedding(timesteps, self.config.init_channels, False, 1).to(x.dtype))
-        context = self.encoder_hid_proj(context)
+        temb = self.time_embedding(self.time_features(timesteps).to(x.dtype))
+        context = context if projected else self.encoder_hid_proj(context)
         temb = self.add_time_condition(temb, context, mask)
         h, skips = self.conv_in(x), []
         for block in self.down_blocks:
@@ -291,7 +311,19 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1) if i else h, temb, context, mask)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 
-    def check_inputs(self, x, context, context_mask):
+    def time_features(self, timesteps):
+        """Sinusoidal features of the timesteps, sines first, computed as the config says."""
+        dim = self.config.init_channels
+        if self.config.time_features == "diffusers":
+            return timestep_embedding(timesteps, dim, False, 1)
+        # kandinsky3/model/nn.py SinusoidalPosEmb: the exponent's scale is divided first, then multiplied.
+        half = dim // 2
+        t = timesteps.float()
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=t.dtype) * -(math.log(10000) / (half - 1)))
+        args = t[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+    def check_inputs(self, x, context, context_mask, projected=False):
         """Turn wiring mistakes into KandinskyErrors that say what to connect instead."""
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
@@ -301,9 +333,10 @@ class UNet(nn.Module):
         if 0 in x.shape or x.shape[-2] % m or x.shape[-1] % m:
             raise KandinskyError(f"Latent size {tuple(x.shape[-2:])} must be a positive multiple of {m} (images: multiples "
                                  f"of {8 * m}); crop or resize the image, or pick such a latent size.")
-        if context.ndim != 3 or context.shape[-1] != c.encoder_hid_dim or context.shape[0] != x.shape[0]:
+        width = c.cross_attention_dim if projected else c.encoder_hid_dim
+        if context.ndim != 3 or context.shape[-1] != width or context.shape[0] != x.shape[0]:
             raise KandinskyError(f"The Kandinsky 3 UNet takes text hidden states of shape ({x.shape[0]}, tokens, "
-                                 f"{c.encoder_hid_dim}), got {tuple(context.shape)}; encode the prompt with the Kandinsky 3 "
+                                 f"{width}), got {tuple(context.shape)}; encode the prompt with the Kandinsky 3 "
                                  "text encoder (Flan-UL2 T5), one row per latent.")
         if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
             raise KandinskyError(f"The text attention mask has shape {tuple(context_mask.shape)} but the hidden states "

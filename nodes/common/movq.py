@@ -4,7 +4,7 @@ import comfy.model_management as mm
 import comfy.ops
 import torch
 
-from ...kandinsky_core import loading
+from ...kandinsky_core.movq import load_movq as load_core_movq
 from .comfy_compat import model_patcher
 
 
@@ -37,5 +37,5 @@ def load_movq(path):
     """A MoVQ (repo folder, movq/ folder or single file) as a `MoVQ`."""
     device, offload = mm.vae_device(), mm.vae_offload_device()
     dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float32])
-    model = loading.load_component(path, "movq", dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
+    model = load_core_movq(path, dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
     return MoVQ(model, device, offload)

@@ -15,10 +15,11 @@ import comfy.utils
 import torch
 
 from ...kandinsky_core import schedulers as S
+from ...kandinsky_core import weights
 from ...kandinsky_core.errors import KandinskyError
-from ...kandinsky_core import loading
-from ...kandinsky_core.decoder_pipeline import unet_any_size
-from ...kandinsky_core.text_encoder import encode_text
+from ...kandinsky_core.kandinsky2 import loading
+from ...kandinsky_core.kandinsky2.decoder_pipeline import unet_any_size
+from ...kandinsky_core.kandinsky2.text_encoder import encode_text
 from ..common.comfy_compat import model_patcher
 from ..common.movq import KandinskyLatent
 
@@ -141,10 +142,10 @@ def inpaint_concat(kwargs):
 def load_decoder(path, model_options=None):
     """(MODEL patcher, scheduler config) for a decoder repo folder or a single UNet file; `model_options` as core's
     UNet loader takes them ("custom_operations": the layer classes, e.g. a quantised-weight pack's)."""
-    unet_path = loading.component_path(path, "unet")
+    unet_path = weights.component_path(path, "unet")
     config = loading.read_config(unet_path, "unet")
-    weights_file = loading.weights_path(unet_path)
-    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights_file).values())
+    weights_file = weights.weights_path(unet_path)
+    params = sum(int(torch.Size(s).numel()) for s in weights.read_shapes(weights_file).values())
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
     dtype = mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
@@ -159,6 +160,6 @@ def load_decoder(path, model_options=None):
                                  "UNet file.")
         text_encoder = loading.load_mclip(os.path.join(path, "text_encoder"), dtype=dtype, device=offload, operations=ops)
         tokenizer = loading.load_tokenizer(os.path.join(path, "tokenizer"), "xlmr")
-    scheduler = loading.read_scheduler_config(path) if os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")) else None
+    scheduler = weights.read_scheduler_config(path) if os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")) else None
     model = KandinskyDecoder(model_config, unet.eval(), text_encoder, tokenizer, scheduler, device=offload)
     return model_patcher(model, load_device, offload)

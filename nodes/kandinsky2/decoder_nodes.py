@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ...kandinsky_core.errors import KandinskyError
-from ...kandinsky_core import decoder_pipeline as D
+from ...kandinsky_core.kandinsky2 import decoder_pipeline as D
 from ..common import types
 from ..common.progress import step_callback
 from ..common.sampling import SCHEDULERS, Computing, check_denoise, check_latent, check_modifiers, make_scheduler, repeats

@@ -3,7 +3,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
-from ...kandinsky_core import depth
+from ...kandinsky_core.kandinsky2 import depth
 from .prior import Holder
 
 

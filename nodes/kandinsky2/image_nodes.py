@@ -4,8 +4,8 @@ from comfy_api.latest import io
 
 from ...kandinsky_core import images
 from ...kandinsky_core.errors import KandinskyError
-from ...kandinsky_core import depth
-from ...kandinsky_core.decoder_pipeline import latent_keep_mask
+from ...kandinsky_core.kandinsky2 import depth
+from ...kandinsky_core.kandinsky2.decoder_pipeline import latent_keep_mask
 from ..common import paths, types
 from ..common.movq_nodes import comfy_image, encodable, encode, require_movq
 from .depth import load_depth

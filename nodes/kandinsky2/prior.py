@@ -4,7 +4,7 @@ import comfy.model_patcher
 import comfy.ops
 import torch
 
-from ...kandinsky_core import loading
+from ...kandinsky_core.kandinsky2 import loading
 
 
 class Holder(torch.nn.Module):

@@ -5,8 +5,8 @@ from comfy_api.latest import io
 
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.images import clip_image_inputs
-from ...kandinsky_core import mixing
-from ...kandinsky_core import prior_pipeline as P
+from ...kandinsky_core.kandinsky2 import mixing
+from ...kandinsky_core.kandinsky2 import prior_pipeline as P
 from ..common import progress, types
 
 CATEGORY = f"{types.CATEGORY}/prior"

@@ -17,7 +17,7 @@ import comfy.supported_models_base
 import torch
 
 from ...kandinsky_core import schedulers as S
-from ...kandinsky_core import loading
+from ...kandinsky_core import weights
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import loading as K3L
 from ..common import paths
@@ -142,8 +142,8 @@ def load_unet(folder, weight_dtype="default", model_options=None):
     if not paths.is_kandinsky3(folder):
         raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
                              "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
-    weights_file = loading.weights_path(os.path.join(folder, "unet"))
-    params = sum(int(torch.Size(s).numel()) for s in loading.read_shapes(weights_file).values())
+    weights_file = weights.weights_path(os.path.join(folder, "unet"))
+    params = sum(int(torch.Size(s).numel()) for s in weights.read_shapes(weights_file).values())
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
@@ -154,6 +154,6 @@ def load_unet(folder, weight_dtype="default", model_options=None):
     unet = K3L.load_unet(folder, dtype=dtype, device=offload, operations=ops)
     scheduler = None
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):
-        scheduler = loading.read_scheduler_config(folder)
+        scheduler = weights.read_scheduler_config(folder)
     model = Kandinsky3(model_config, unet.eval(), scheduler, device=offload)
     return model_patcher(model, load_device, offload)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import KandinskyError
-from .images import clip_image_inputs
-from .sampling import check_guidance, denoise, device_dtype, guide, randn, timesteps_for
+from ..errors import KandinskyError
+from ..images import clip_image_inputs
+from ..sampling import check_guidance, denoise, device_dtype, guide, randn, timesteps_for
 from .text_encoder import encode_clip_prompt
 
 

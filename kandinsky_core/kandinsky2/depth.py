@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-from . import images
-from .errors import KandinskyError
+from .. import images
+from ..errors import KandinskyError
 
 DISTANCE_MODEL_TYPES = ("zoedepth", "glpn")  # predicted_depth grows with distance; the others predict inverse depth
 

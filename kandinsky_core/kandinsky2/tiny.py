@@ -10,18 +10,29 @@ from dataclasses import replace
 
 import torch
 from safetensors.torch import save_file
-from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection,
-                          DPTConfig, DPTForDepthEstimation)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    DPTConfig,
+    DPTForDepthEstimation,
+)
 
-from . import schedulers as S
+from .. import schedulers as S
+from ..config import to_dict
+from ..images import KANDINSKY_CLIP_PREPROCESSOR
+from ..movq import MOVQ_TINY8, MoVQ
 from . import unet as U
-from .config import to_dict
-from .images import KANDINSKY_CLIP_PREPROCESSOR
-from .movq import MOVQ_TINY8, MoVQ
 from .prior import PRIOR_TINY, PriorTransformer
 from .text_encoder import MultilingualCLIP
-from .tiny_tokenizers import (tiny_clip_text_config, tiny_clip_vision_config, tiny_mclip_config, write_clip_tokenizer,
-                              write_xlmr_tokenizer)
+from .tiny_tokenizers import (
+    tiny_clip_text_config,
+    tiny_clip_vision_config,
+    tiny_mclip_config,
+    write_clip_tokenizer,
+    write_xlmr_tokenizer,
+)
 
 # The tiny 2.2 parts use 48-dim embeddings (2.1: 32), so mixing versions fails as it does with the real 768/1280.
 TINY_DIMS = {"2.1": 32, "2.2": 48}

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention
-from .config import from_dict
-from .errors import KandinskyError
-from .layers import TimestepEmbedding, timestep_embedding
+from .. import attention
+from ..config import from_dict
+from ..errors import KandinskyError
+from ..layers import TimestepEmbedding, timestep_embedding
 
 DOWN_TYPES = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # value: block has attention
 UP_TYPES = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
@@ -286,6 +286,8 @@ class ImageHintConditioning(ImageConditioning):
 
 class UNet(nn.Module):
     """The Kandinsky decoder UNet; the variant comes from `config` (see `UNetConfig.variant`)."""
+
+    lora_kind = "decoder"  # what `kandinsky_core.lora` merges into it
 
     def __init__(self, config, *, operations=nn, dtype=None, device=None):
         super().__init__()

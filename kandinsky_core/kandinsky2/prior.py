@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention
-from .config import from_dict
-from .errors import KandinskyError
-from .layers import TimestepEmbedding, timestep_embedding
+from .. import attention
+from ..config import from_dict
+from ..errors import KandinskyError
+from ..layers import TimestepEmbedding, timestep_embedding
 
 # Additive mask value of the original prior; finite (not -inf) so padded keys never turn a row into NaN.
 MASK_VALUE = -10000.0
@@ -143,6 +143,8 @@ class TransformerBlock(nn.Module):
 
 class PriorTransformer(nn.Module):
     """The Kandinsky prior: (noisy image embedding, t, text embedding, text tokens) -> predicted clean image embedding."""
+
+    lora_kind = "prior"  # what `kandinsky_core.lora` merges into it
 
     def __init__(self, config, *, operations=nn, dtype=None, device=None):
         super().__init__()

@@ -1,7 +1,7 @@
 """Paths between two image embeddings, for animations: linear or spherical interpolation over a number of frames."""
 import torch
 
-from .errors import KandinskyError
+from ..errors import KandinskyError
 
 MODES = ("linear", "slerp")
 

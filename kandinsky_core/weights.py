@@ -1,8 +1,9 @@
-"""Load the published kandinsky-community checkpoints as they are: diffusers folders or one safetensors file each.
+"""Read published weight files as they are: safetensors (one file or an index of shards) and weights-only torch pickles.
 
-The component and its variant come from `config.json` or, for a lone file, from tensor names and shapes; file names are
-never consulted. Weights go straight into the requested dtype and device, one tensor at a time, into a model built on
-the meta device, so a 5 GB fp32 file loaded as fp16 never exists in memory as fp32.
+Both families load through here. Weights go straight into the requested dtype and device, one tensor at a time, into a
+model built on the meta device, so a 5 GB fp32 file loaded as fp16 never exists in memory as fp32. Which component a
+file holds comes from its `config.json`, the config our writer stores in its metadata, or its tensor names and shapes;
+file names are never consulted.
 """
 import json
 import mmap
@@ -11,26 +12,23 @@ import re
 
 import torch
 from torch import nn
-from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, XLMRobertaTokenizerFast
 
-from .decoder_pipeline import DecoderModels
 from .errors import KandinskyError
-from .images import KANDINSKY_CLIP_PREPROCESSOR
-from .movq import MoVQ, MoVQConfig
-from .prior import PriorConfig, PriorTransformer
-from .prior_pipeline import PriorModels
 from .schedulers import scheduler_from_config
-from .text_encoder import MultilingualCLIP
-from .unet import UNet, UNetConfig
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
                 "model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
                 "diffusion_pytorch_model.safetensors.index.fp16.json", "model.safetensors.index.fp16.json",
                 "diffusion_pytorch_model.bin", "pytorch_model.bin", "diffusion_pytorch_model.bin.index.json",
                 "pytorch_model.bin.index.json")
+
+
 TORCH_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")
-COMPONENT_CLASSES = {"unet": "UNet2DConditionModel", "movq": "VQModel", "prior": "PriorTransformer"}
+
+
 KANDINSKY3_HINT = "load Kandinsky 3 with the Kandinsky 3 loader (kandinsky_core.kandinsky3.loading)"
+
+
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32,
@@ -154,14 +152,26 @@ def _release(mapped, begin, end):
         mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
-def _torch_load(file):
+def load_pickle(file):
+    """What a weights-only torch pickle holds, memory-mapped where the file allows it (zip format, as torch.save writes);
+    KandinskyError naming the file if it is empty, damaged or holds anything but tensors and plain containers."""
     if os.path.getsize(file) == 0:
         raise KandinskyError(f"{file} is empty (0 bytes); download the file again.")
     try:
-        sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "zip" not in str(err):
+                raise
+            return torch.load(file, map_location="cpu", weights_only=True)  # a legacy (pre-zip) pickle cannot be mapped
     except Exception as err:  # torch raises many types here; all mean the same to the user
-        raise KandinskyError(f"{file} is not a loadable PyTorch weights file ({type(err).__name__}: {err}); "
-                             "download it again, preferably as .safetensors.") from None
+        raise KandinskyError(f"{file} is not a loadable PyTorch weights file ({type(err).__name__}: {err}); it is cut "
+                             "off, damaged or holds more than tensors (refused unread for safety): download it again, "
+                             "preferably as .safetensors.") from None
+
+
+def _torch_load(file):
+    sd = load_pickle(file)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict):
         raise KandinskyError(f"{file} holds a {type(sd).__name__}, not a state dict of tensors.")
@@ -196,6 +206,8 @@ def describe(shapes):
         ("model.diffusion_model.", "a Stable Diffusion checkpoint (ckpt/safetensors with UNet, VAE and CLIP)"),
         ("first_stage_model.", "a Stable Diffusion checkpoint"),
         ("lora_", "a LoRA"),
+        ("add_embedding.", "a Kandinsky 2.x decoder UNet; load it with the Kandinsky 2 decoder loader"),
+        ("prd_embedding", "a Kandinsky 2.x prior; load it with the Kandinsky 2 prior loader"),
         ("transformer_blocks.0.attn1.to_q", "a Stable Diffusion-style diffusers UNet or transformer"),
         ("text_model.encoder.", "a CLIP text encoder"),
         ("vision_model.encoder.", "a CLIP vision encoder"),
@@ -209,109 +221,9 @@ def describe(shapes):
     return f"an unknown model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
 
 
-def identify(shapes):
-    """'unet', 'movq' or 'prior' from tensor names, or a KandinskyError saying what the file is instead."""
-    if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes and any(k.startswith("add_embedding.") for k in shapes):
-        return "unet"
-    if "quantize.embedding.weight" in shapes and "decoder.conv_in.weight" in shapes:
-        return "movq"
-    if "prd_embedding" in shapes and "positional_embedding" in shapes:
-        return "prior"
-    raise KandinskyError(f"This is not a Kandinsky UNet, MoVQ or prior: it looks like {describe(shapes)}.")
-
-
 def count_indices(shapes, pattern):
     """How many distinct values the group of `pattern` takes over the tensor names (blocks, layers per block...)."""
     return len({m.group(1) for k in shapes for m in [re.match(pattern, k)] if m})
-
-
-def unet_config_from_shapes(shapes):
-    """Rebuild a UNet config from tensor shapes (attention head width 64, as in every published decoder)."""
-    n = count_indices(shapes, r"down_blocks\.(\d+)\.")
-    ch = tuple(shapes[f"down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(n))
-    addition = ("image_hint" if "add_embedding.input_hint_block.0.weight" in shapes else
-                "text_image" if "add_embedding.text_proj.weight" in shapes else "image")
-    down = tuple("SimpleCrossAttnDownBlock2D" if f"down_blocks.{i}.attentions.0.to_q.weight" in shapes else "ResnetDownsampleBlock2D" for i in range(n))
-    up = tuple("SimpleCrossAttnUpBlock2D" if f"up_blocks.{i}.attentions.0.to_q.weight" in shapes else "ResnetUpsampleBlock2D" for i in range(n))
-    context = shapes["mid_block.attentions.0.add_k_proj.weight"][1]
-    if addition == "text_image":
-        hid = shapes["encoder_hid_proj.text_proj.weight"][1]
-    else:
-        hid = shapes["encoder_hid_proj.image_embeds.weight"][1]
-    return UNetConfig(
-        in_channels=shapes["conv_in.weight"][1], out_channels=shapes["conv_out.weight"][0], addition_embed_type=addition,
-        encoder_hid_dim_type="text_image_proj" if addition == "text_image" else "image_proj", encoder_hid_dim=hid,
-        cross_attention_dim=context, block_out_channels=ch, down_block_types=down, up_block_types=up,
-        layers_per_block=count_indices(shapes, r"down_blocks\.0\.resnets\.(\d+)\."))
-
-
-def movq_config_from_shapes(shapes):
-    """Rebuild a MoVQ config from tensor shapes (32 norm groups, as published)."""
-    n = count_indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
-    ch = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n))
-    down = tuple("AttnDownEncoderBlock2D" if f"encoder.down_blocks.{i}.attentions.0.to_q.weight" in shapes else "DownEncoderBlock2D" for i in range(n))
-    up = tuple("AttnUpDecoderBlock2D" if f"decoder.up_blocks.{i}.attentions.0.to_q.weight" in shapes else "UpDecoderBlock2D" for i in range(n))
-    codes, dim = shapes["quantize.embedding.weight"]
-    return MoVQConfig(block_out_channels=ch, down_block_types=down, up_block_types=up, norm_type="spatial",
-                      layers_per_block=count_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
-                      latent_channels=shapes["quant_conv.weight"][0], num_vq_embeddings=codes, vq_embed_dim=dim,
-                      in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0])
-
-
-def prior_config_from_shapes(shapes):
-    """Rebuild a prior config from tensor shapes (attention head width 64, as published)."""
-    inner = shapes["prd_embedding"][-1]
-    layers = count_indices(shapes, r"transformer_blocks\.(\d+)\.")
-    return PriorConfig(embedding_dim=shapes["clip_mean"][-1], num_layers=layers,
-                       num_attention_heads=inner // 64, attention_head_dim=64,
-                       num_embeddings=shapes["positional_embedding"][1] - 4, additional_embeddings=4)
-
-
-CONFIG_TYPES = {"unet": (UNetConfig, unet_config_from_shapes, UNet), "movq": (MoVQConfig, movq_config_from_shapes, MoVQ),
-                "prior": (PriorConfig, prior_config_from_shapes, PriorTransformer)}
-
-
-def read_config(path, kind):
-    """The config of a `kind` component at `path` (folder or file): config.json, file metadata, or tensor shapes."""
-    config_cls, from_shapes, _ = CONFIG_TYPES[kind]
-    weights = weights_path(path)
-    config_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
-    if os.path.isdir(path) and os.path.isfile(config_file):
-        with open(config_file) as f:
-            d = json.load(f)
-        expected = COMPONENT_CLASSES[kind]
-        if d.get("_class_name", expected) != expected:
-            hint = f"; {KANDINSKY3_HINT}" if d["_class_name"].startswith("Kandinsky3") else ""
-            raise KandinskyError(f"{config_file} describes a {d['_class_name']}, not a Kandinsky {kind} ({expected}){hint}.")
-        return config_cls.from_dict(d)
-    shapes = read_shapes(weights)
-    found = identify(shapes)
-    if found != kind:
-        raise KandinskyError(f"{path} is a Kandinsky {found}, not a {kind}; load it with the {found} loader.")
-    meta = read_metadata_config(weights)
-    return config_cls.from_dict(meta) if meta is not None else from_shapes(shapes)
-
-
-def build(kind, config, *, operations=nn, dtype=None):
-    """A `kind` model for `config` on the meta device; a config no such model can have raises KandinskyError."""
-    try:
-        return CONFIG_TYPES[kind][2](config, operations=operations, dtype=dtype, device="meta")
-    except KandinskyError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as err:
-        raise KandinskyError(f"The {kind} config describes a model that cannot be built ({type(err).__name__}: {err}); "
-                             "its config.json is damaged or belongs to another model: copy it again from the "
-                             "kandinsky-community repo.") from None
-
-
-def load_component(path, kind, *, dtype=None, device="cpu", operations=nn):
-    """Build a `kind` model ('unet', 'movq' or 'prior') on meta and fill it from the checkpoint at `path`."""
-    path = component_path(path, kind)
-    config = read_config(path, kind)
-    model = build(kind, config, operations=operations, dtype=dtype)
-    reference = model if operations is nn else build(kind, config)
-    load_weights(model, weights_path(path), dtype=dtype, device=device, reference=reference)
-    return model.eval()
 
 
 def load_weights(model, path, dtype=None, device="cpu", reference=None, *, tensors=None, config_origin=None,
@@ -350,13 +262,6 @@ def component_path(path, kind):
     return path
 
 
-def _require(folder, sub, repo_hint):
-    path = os.path.join(folder, sub)
-    if not os.path.isdir(path):
-        raise KandinskyError(f"{folder} has no {sub}/ folder; a complete {repo_hint} checkout has one.")
-    return path
-
-
 def read_scheduler_config(folder, sub="scheduler"):
     """The raw `<folder>/<sub>/scheduler_config.json` dict (defaults left unfilled, as diffusers reads it)."""
     path = os.path.join(folder, sub, "scheduler_config.json")
@@ -371,63 +276,43 @@ def load_scheduler(folder, sub="scheduler"):
     return scheduler_from_config(read_scheduler_config(folder, sub))
 
 
-def load_tokenizer(folder, kind):
-    """The tokenizer in `folder` ('clip' or 'xlmr'), offline only."""
-    cls = CLIPTokenizer if kind == "clip" else XLMRobertaTokenizerFast
+def read_config(path, config_cls, class_name, from_shapes, check_shapes, *, what, hint=lambda name: ""):
+    """The config of the component at `path` (folder or one file): its config.json, else the config our writer keeps in
+    the file's metadata, else `from_shapes(shapes)`.
+
+    A config.json of another `_class_name` is refused, saying it is not `what` (plus `hint(name)`); `check_shapes(shapes)`
+    refuses a lone file of another kind.
+    """
+    weights = weights_path(path)
+    config_file = os.path.join(path, "config.json")
+    if os.path.isdir(path) and os.path.isfile(config_file):
+        with open(config_file) as f:
+            d = json.load(f)
+        name = str(d.get("_class_name", class_name))
+        if name != class_name:
+            raise KandinskyError(f"{config_file} describes a {name}, not {what} ({class_name}){hint(name)}.")
+        return config_cls.from_dict(d)
+    shapes = read_shapes(weights)
+    check_shapes(shapes)
+    meta = read_metadata_config(weights)
+    return config_cls.from_dict(meta) if meta is not None else from_shapes(shapes)
+
+
+def build(cls, config, what, *, operations=nn, dtype=None):
+    """A `cls` model for `config` on the meta device; a config no such model can have raises KandinskyError naming `what`."""
     try:
-        return cls.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise KandinskyError(f"{folder} is not a usable {cls.__name__} folder ({err}); copy tokenizer/ from the "
+        return cls(config, operations=operations, dtype=dtype, device="meta")
+    except KandinskyError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as err:
+        raise KandinskyError(f"The {what} config describes a model that cannot be built ({type(err).__name__}: {err}); "
+                             "its config.json is damaged or belongs to another model: copy it again from the "
                              "kandinsky-community repo.") from None
 
 
-def _load_transformers(cls, folder, dtype, device):
-    try:
-        return cls.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval().requires_grad_(False)
-    except (OSError, ValueError, KeyError) as err:
-        raise KandinskyError(f"{folder} is not a loadable {cls.__name__} ({err}).") from None
-
-
-def load_mclip(folder, *, dtype=None, device="cpu", operations=nn):
-    """Kandinsky 2.1's MultilingualCLIP text encoder from its folder."""
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    model = MultilingualCLIP(config, operations=operations, dtype=dtype, device="meta")
-    reference = model if operations is nn else MultilingualCLIP(config, device="meta")
-    load_weights(model, weights_path(folder), dtype=dtype, device=device, reference=reference)
-    embeddings = model.transformer.embeddings  # index buffers are not saved in checkpoints: rebuild them
-    positions = torch.arange(embeddings.position_ids.shape[-1], device=device).unsqueeze(0)
-    embeddings.register_buffer("position_ids", positions, persistent=False)
-    embeddings.register_buffer("token_type_ids", torch.zeros_like(positions), persistent=False)
-    return model.eval()
-
-
-def load_prior_models(folder, *, dtype=None, device="cpu", operations=nn):
-    """Everything `prior_pipeline` needs, from a kandinsky-2-x-prior folder."""
-    hint = "kandinsky-community/kandinsky-2-x-prior"
-    prior = load_component(_require(folder, "prior", hint), "prior", dtype=dtype, device=device, operations=operations)
-    text = _load_transformers(CLIPTextModelWithProjection, _require(folder, "text_encoder", hint), dtype, device)
-    image = _load_transformers(CLIPVisionModelWithProjection, _require(folder, "image_encoder", hint), dtype, device)
-    for name, tower in (("text_encoder", text), ("image_encoder", image)):
-        if tower.config.projection_dim != prior.config.embedding_dim:
-            raise KandinskyError(f"{folder}: {name} projects to {tower.config.projection_dim} dims but the prior works with "
-                                 f"{prior.config.embedding_dim}; the folder mixes Kandinsky 2.1 and 2.2 parts.")
-    processor_file = os.path.join(folder, "image_processor", "preprocessor_config.json")
-    processor = KANDINSKY_CLIP_PREPROCESSOR  # older prior repos lack image_processor/; this is its published content
-    if os.path.isfile(processor_file):
-        with open(processor_file) as f:
-            processor = json.load(f)
-    return PriorModels(prior, text, load_tokenizer(_require(folder, "tokenizer", hint), "clip"), image, processor,
-                       load_scheduler(folder))
-
-
-def load_decoder_models(folder, *, dtype=None, device="cpu", operations=nn, movq=None):
-    """Everything `decoder_pipeline` needs, from a kandinsky-2-x decoder folder (2.1 with its text encoder)."""
-    hint = "kandinsky-community decoder"
-    unet = load_component(_require(folder, "unet", hint), "unet", dtype=dtype, device=device, operations=operations)
-    movq = movq or load_component(_require(folder, "movq", hint), "movq", dtype=dtype, device=device, operations=operations)
-    models = DecoderModels(unet, movq, load_scheduler(folder))
-    if unet.config.addition_embed_type == "text_image":
-        models.text_encoder = load_mclip(_require(folder, "text_encoder", "kandinsky-2-1"), dtype=dtype, device=device, operations=operations)
-        models.tokenizer = load_tokenizer(_require(folder, "tokenizer", "kandinsky-2-1"), "xlmr")
-    return models
+def load_model(cls, config, path, what, *, dtype=None, device="cpu", operations=nn):
+    """A `cls` model for `config`, built on meta from `operations` and strictly filled from the weights at `path`."""
+    model = build(cls, config, what, operations=operations, dtype=dtype)
+    # A plain build to check the file against: lazily allocating `operations` list no weights before loading.
+    reference = model if operations is nn else build(cls, config, what)
+    return load_weights(model, weights_path(path), dtype=dtype, device=device, reference=reference).eval()

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import images
-from .errors import KandinskyError
-from .sampling import check_guidance, decode_latents, denoise, device_dtype, guide, randn, timesteps_for
-from .schedulers import add_noise_kandinsky21_img2img
+from .. import images
+from ..errors import KandinskyError
+from ..sampling import check_guidance, decode_latents, denoise, device_dtype, guide, randn, timesteps_for
+from ..schedulers import add_noise_kandinsky21_img2img
 from .text_encoder import encode_text
 
 

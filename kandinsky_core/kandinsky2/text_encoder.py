@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
-from .errors import KandinskyError
-from .prompts import encodable
+from ..errors import KandinskyError
+from ..prompts import encodable
 
 MAX_TOKENS = 77  # both Kandinsky tokenizers pad / truncate to 77
 
