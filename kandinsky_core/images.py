@@ -18,6 +18,7 @@ processing), with these deliberate differences:
   diffusers' inpaint helper reads numpy images as 0..255 whatever their dtype, its image processor as 0..1.
 * The image and mask tensors the preprocessing returns are float32, on the device of the input.
 """
+import math
 import numbers
 
 import numpy as np
@@ -217,6 +218,23 @@ def image_size(image):
     if isinstance(first, np.ndarray):
         return tuple(first.shape[-3:-1])
     return first.height, first.width
+
+
+def fit_mask(mask, height, width):
+    """A mask (B, H, W) or (H, W) as (B, 1, height, width), resized bilinearly when its size differs, as ComfyUI's
+    InpaintModelConditioning resizes its mask to the image."""
+    mask = check_finite(torch.as_tensor(mask), "The mask").reshape(-1, 1, *mask.shape[-2:]).float()
+    return mask if mask.shape[-2:] == (height, width) else F.interpolate(mask, (height, width), mode="bilinear")
+
+
+def grow_mask(mask, pixels):
+    """A (B, 1, H, W) mask (1 = repaint) grown by `pixels` on every side, as ComfyUI's VAE Encode (for Inpainting)
+    grows it (a box filter over the rounded mask, clamped to 1); 0 leaves it as it is."""
+    if pixels <= 0:
+        return mask
+    kernel = torch.ones((1, 1, pixels, pixels), dtype=mask.dtype, device=mask.device)
+    grown = F.conv2d(mask.round(), kernel, padding=math.ceil((pixels - 1) / 2)).clamp(0, 1)
+    return grown[..., :mask.shape[-2], :mask.shape[-1]]
 
 
 def _hw(shape):

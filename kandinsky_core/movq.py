@@ -5,6 +5,8 @@ a SpatialNorm whose scale and shift are predicted from the latent itself, so the
 Kandinsky 3 uses the same network at twice the width (`MOVQ_K3`). Module names follow diffusers, so its
 `movq/diffusion_pytorch_model.safetensors` loads with `strict=True`.
 """
+import os
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,7 +14,8 @@ import torch.nn.functional as F
 
 from . import attention, config
 from .errors import KandinskyError
-from .weights import component_path, count_indices, describe, load_model, read_config
+from .weights import (TORCH_EXTENSIONS, build, cast, component_path, count_indices, describe, load_model, load_pickle,
+                      load_weights, read_config)
 
 # Submodules are registered in diffusers' order, so state-dict keys come out in its order too.
 # diffusers' SpatialNorm hard-codes 32 groups, whatever `norm_num_groups` says (it only reaches the encoder).
@@ -371,6 +374,79 @@ def read_movq_config(path):
 
 
 def load_movq(path, *, dtype=None, device="cpu", operations=torch.nn):
-    """The MoVQ from a repo folder, its movq/ folder or one safetensors file."""
-    path = component_path(path, "movq")
+    """The MoVQ from a repo folder, its movq/ folder or one file: diffusers' layout, or the original `movq.pt`."""
+    path = component_path(os.fspath(path), "movq")
+    if os.path.isfile(path) and path.endswith(TORCH_EXTENSIONS):
+        top = load_pickle(path)
+        if is_original_movq(top):
+            return _load_original(path, top, dtype=dtype, device=device, operations=operations)
     return load_model(MoVQ, read_movq_config(path), path, "movq", dtype=dtype, device=device, operations=operations)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The original VQGAN names of ai-forever's movq.pt (Kandinsky 3.0 / 3.1), as (original, ours) regular expressions.
+# The original wraps every encoder GroupNorm in a SpatialNorm without latent, lists decoder levels the other way
+# round, stores attention projections as 1x1 convolutions and has no codebook.
+
+CODEBOOK = (16384, 4)  # diffusers' MoVQ has one; no Kandinsky pipeline quantizes, so zeros stand in for it
+ORIGINAL_RULES = [
+    (r"^encoder\.(.*)\.norm_layer\.", r"encoder.\1."),  # the original wraps every encoder GroupNorm in a SpatialNorm
+    (r"^(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.", r"\1.mid_block.attentions.0."),
+    (r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets."),
+    (r"^encoder\.down\.(\d+)\.attn\.", r"encoder.down_blocks.\1.attentions."),
+    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+    (r"^decoder\.up\.(\d+)\.block\.", r"decoder.up.\1.resnets."),
+    (r"^decoder\.up\.(\d+)\.attn\.", r"decoder.up.\1.attentions."),
+    (r"^decoder\.up\.(\d+)\.upsample\.", r"decoder.up.\1.upsamplers.0."),
+    (r"\.nin_shortcut\.", ".conv_shortcut."), (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+    (r"\.attentions\.(\d+)\.q\.", r".attentions.\1.to_q."), (r"\.attentions\.(\d+)\.k\.", r".attentions.\1.to_k."),
+    (r"\.attentions\.(\d+)\.v\.", r".attentions.\1.to_v."),
+    (r"\.attentions\.(\d+)\.proj_out\.", r".attentions.\1.to_out.0."),
+]
+
+
+def _apply_rules(key):
+    for pattern, replacement in ORIGINAL_RULES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def is_original_movq(top):
+    """Whether a loaded pickle is an original MoVQ state dict."""
+    return isinstance(top, dict) and "encoder.down.0.block.0.conv1.weight" in top and "decoder.conv_out.weight" in top
+
+
+def original_key(key, levels):
+    """Our (diffusers) name of an original MoVQ tensor; decoder levels run in the opposite order."""
+    key = _apply_rules(key)
+    key = re.sub(r"^decoder\.up\.(\d+)\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.", key)
+    if key.startswith("encoder.") and ".attentions." in key:
+        key = re.sub(r"\.norm\.", ".group_norm.", key)
+    elif key.startswith("decoder.") and ".attentions." in key:
+        key = re.sub(r"\.norm\.", ".spatial_norm.", key)
+    return key
+
+
+def original_config(shapes):
+    """Our MoVQ config for an original `movq.pt` (mapped key shapes; 32 norm groups and the codebook as published)."""
+    return movq_config_from_shapes({**shapes, "quantize.embedding.weight": CODEBOOK})
+
+
+def original_tensors(top):
+    """(our key, tensor) pairs of an original MoVQ state dict: attention 1×1 convolutions become linear weights."""
+    levels = count_indices(top, r"encoder\.down\.(\d+)\.")
+    for key, t in top.items():
+        ours = original_key(key, levels)
+        yield ours, t[:, :, 0, 0] if ".attentions." in ours and ".to_" in ours and t.ndim == 4 else t
+
+
+def _load_original(path, top, *, dtype, device, operations):
+    """The MoVQ of an original `movq.pt` (a zero codebook stands in for the one the file lacks)."""
+    tensors = dict(original_tensors(top))
+    config = original_config({k: tuple(v.shape) for k, v in tensors.items()})
+    tensors["quantize.embedding.weight"] = torch.zeros(CODEBOOK)
+    model = build(MoVQ, config, "MoVQ", operations=operations, dtype=dtype)
+    reference = model if operations is torch.nn else build(MoVQ, config, "MoVQ")
+    return load_weights(model, path, reference=reference, tensors=((k, cast(v, dtype, device)) for k, v in tensors.items()),
+                        mismatch_hint="it is not an original Kandinsky 3 movq.pt.").eval()

@@ -43,12 +43,13 @@ def timesteps_for(scheduler, steps, strength=1.0):
     timesteps = scheduler.set_timesteps(steps)
     if not 0 < strength <= 1:
         raise KandinskyError(f"strength must be in (0, 1], got {strength}.")
-    keep = min(int(steps * strength), steps)
+    n = len(timesteps)  # `steps`, or fewer where a grid cannot have that many (Kandinsky 3.1's)
+    keep = min(int(n * strength), n)
     if keep < 1:
         raise KandinskyError(f"strength {strength} with {steps} steps leaves no step to run; raise strength or steps "
                              f"(strength × steps must be at least 1).")
-    scheduler.set_begin_index(steps - keep)
-    return timesteps[steps - keep:]
+    scheduler.set_begin_index(n - keep)
+    return timesteps[n - keep:]
 
 
 def report(callback, i, total, t, latents, denoised):

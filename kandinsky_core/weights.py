@@ -101,7 +101,8 @@ def _read_header(file):
     return tensors, metadata
 
 
-def _cast(t, dtype, device):
+def cast(t, dtype, device):
+    """`t` on `device`, floating tensors in `dtype` (None: as stored); the same tensor when nothing changes."""
     return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
 
 
@@ -111,7 +112,7 @@ def iter_tensors(path, dtype=None, device="cpu"):
         if file.endswith(TORCH_EXTENSIONS):
             sd = _torch_load(file)
             for k in list(sd):
-                yield k, _cast(sd.pop(k), dtype, device)
+                yield k, cast(sd.pop(k), dtype, device)
         else:
             yield from _iter_safetensors(file, dtype, device)
 
@@ -130,7 +131,7 @@ def _iter_safetensors(file, dtype, device):
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     for key, (source, shape, begin, end) in sorted(tensors.items(), key=lambda item: item[1][2]):
         t = _view(mapped, source, shape, begin, end)
-        out = _cast(t, dtype, device)
+        out = cast(t, dtype, device)
         if out is not t:
             del t
             _release(mapped, begin, end)
@@ -165,9 +166,13 @@ def load_pickle(file):
                 raise
             return torch.load(file, map_location="cpu", weights_only=True)  # a legacy (pre-zip) pickle cannot be mapped
     except Exception as err:  # torch raises many types here; all mean the same to the user
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:  # torch's own message suggests loading it anyway, which would run the file's code
+            raise KandinskyError(f"{file} holds Python objects besides tensors ({unsafe[1]}), which are refused unread "
+                                 "for safety: it is not a plain weights file. Download the checkpoint again from its "
+                                 "publisher, preferably as .safetensors.") from None
         raise KandinskyError(f"{file} is not a loadable PyTorch weights file ({type(err).__name__}: {err}); it is cut "
-                             "off, damaged or holds more than tensors (refused unread for safety): download it again, "
-                             "preferably as .safetensors.") from None
+                             "off or damaged: download it again, preferably as .safetensors.") from None
 
 
 def _torch_load(file):

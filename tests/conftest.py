@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from comfy_server import COMFYUI_DIR, COMFYUI_FRONTEND, COMFYUI_PYTHON, REPO, ComfyServer
-from graphs import DEPTH_MODEL, INPAINT_IMAGE, INPUT_IMAGE, SINGLE_UNET, SIZE
+from graphs import DEPTH_MODEL, INPAINT_IMAGE, INPUT_IMAGE, ORIGINAL_WEIGHTS, SINGLE_UNET, SIZE
 from lora_files import write_example_loras
 
 
@@ -49,6 +49,8 @@ def write_models(root):
     tiny.save_single_file(loading.load_component(unet, "unet"), config, str(root / SINGLE_UNET))
     write_example_loras(root.parent / "loras", root)  # models/loras: the LoRA example workflow's files
     k3_files.write_all(str(root))  # kandinsky-3/, and one with a T5 of another width
+    from kandinsky_core.kandinsky3 import tiny_original
+    tiny_original.write_kandinsky31(str(root / ORIGINAL_WEIGHTS))  # ai-forever/Kandinsky3.1's weights/ folder
 
 
 def write_inputs(folder):

@@ -10,6 +10,7 @@ INPUT_IMAGE = "kandinsky_input.png"  # SIZE x SIZE random RGB
 INPAINT_IMAGE = "kandinsky_inpaint.png"  # the same RGB, transparent in the central square: LoadImage's mask is 1 there
 SINGLE_UNET = "single/unet-22.safetensors"  # the tiny 2.2 decoder's UNet alone, config in the file's metadata
 DEPTH_MODEL = "depth/dpt-tiny/"
+ORIGINAL_WEIGHTS = "Kandinsky3.1/weights"  # ai-forever/Kandinsky3.1 weights/, tiny (kandinsky3/tiny_original.py)
 
 PRIORS = {"2.1": "kandinsky-2-1-prior/", "2.2": "kandinsky-2-2-prior/"}
 DECODERS = {"2.1": "kandinsky-2-1/", "2.2": "kandinsky-2-2-decoder/", "2.1-inpaint": "kandinsky-2-1-inpaint/",

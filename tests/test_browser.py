@@ -19,7 +19,7 @@ WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
 VIRTUAL = {"MarkdownNote", "Note"}  # frontend-only nodes, never part of a prompt
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP"}
 LOADER_WIDGETS = {"Kandinsky2PriorLoader", "Kandinsky2DecoderLoader", "Kandinsky2MoVQLoader", "Kandinsky2DepthModelLoader",
-                  "Kandinsky3UNetLoader", "Kandinsky3T5Loader"}
+                  "Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3OriginalUNetLoader"}
 # The examples use real sizes and step counts. On two CPU cores the tiny test checkpoints must run in seconds, so the
 # test lowers them through the frontend, as a user editing the widgets would, before queueing (4 decoder steps: the
 # image-to-image examples need denoise x steps >= 1).
@@ -66,12 +66,13 @@ def test_there_is_an_example_for_every_use():
                      "kandinsky22_inpainting", "kandinsky22_image_mixing", "kandinsky22_interpolation_animation",
                      "kandinsky22_emb2emb", "kandinsky22_depth_text_to_image", "kandinsky22_depth_image_to_image",
                      "kandinsky22_ksampler", "kandinsky22_lora", "kandinsky3_text_to_image",
-                     "kandinsky3_image_to_image", "kandinsky3_ksampler"}
+                     "kandinsky3_image_to_image", "kandinsky3_ksampler", "kandinsky31_text_to_image",
+                     "kandinsky31_flash", "kandinsky3_inpainting"}
 
 
 def test_every_node_has_help_served_to_the_frontend(comfy):
     ours = {name: info for name, info in comfy.object_info().items() if info["python_module"].startswith("custom_nodes.")}
-    assert len(ours) == 19
+    assert len(ours) == 22
     for name, info in ours.items():  # the URL the frontend's node help panel fetches for a custom node
         text = urllib.request.urlopen(f"{comfy.url}/extensions/comfyui-kandinsky2/docs/{name}.md").read().decode()
         assert text.startswith(f"# {info['display_name']}\n"), name
@@ -95,7 +96,7 @@ def test_example_metadata(path):
         listed.add(folder)
         assert model["directory"] == "kandinsky"
         assert model["name"].endswith(".safetensors"), "the missing-models dialog offers only .safetensors"
-    # A checkpoint published only as .bin cannot be in `models`: the workflow's note says where to get it.
+    # A checkpoint published only as .bin or .pt cannot be in `models`: the workflow's note says where to get it.
     unlisted = [folder for folder in chosen - listed if folder not in notes]
     assert not unlisted, f"checkpoint folders neither in `models` nor in a note: {unlisted}"
     for model in workflow["models"]:

@@ -145,5 +145,6 @@ def test_checkpoints_left_out_of_models_are_explained_in_a_note(path):
               if n["type"].startswith(("Kandinsky2", "Kandinsky3")) and n["type"].endswith("Loader")}
     notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
     for folder in chosen:
-        if not any(m["name"].startswith(folder) for m in workflow["models"]):  # published only as .bin
-            assert f"models/kandinsky/{folder}" in notes and ".bin" in notes, f"the note must say where {folder} goes"
+        if not any(m["name"].startswith(folder) for m in workflow["models"]):  # published only as .bin or .pt
+            assert f"models/kandinsky/{folder}" in notes and (".bin" in notes or ".pt" in notes), \
+                f"the note must say where {folder} goes"

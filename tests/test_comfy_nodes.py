@@ -28,7 +28,9 @@ PREFIXES = (PREFIX, "Kandinsky3")  # every node id of the pack starts with one o
 NODES = {f"{PREFIX}{name}" for name in (
     "PriorLoader", "DecoderLoader", "MoVQLoader", "PriorEncode", "ImageEmbedding", "Emb2Emb", "Interpolate",
     "InterpolateBatch", "MoVQEncode", "MoVQDecode", "InpaintConditioning", "DepthModelLoader", "DepthEstimate",
-    "ApplyDepthHint", "DecoderSampler", "PriorLoRA")} | {"Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler"}
+    "ApplyDepthHint", "DecoderSampler", "PriorLoRA")} | {"Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler",
+                                                    "Kandinsky3OriginalUNetLoader", "Kandinsky3FlashSigmas",
+                                                    "Kandinsky3InpaintConditioning"}
 # The node-definition fields the pack's schemas set. Newer ComfyUIs add more on their own (0.30.0: search_aliases,
 # price_badge, dev_only, is_input_list ..., all at their defaults), which the snapshot must not depend on.
 SCHEMA_FIELDS = ("name", "display_name", "description", "category", "python_module", "input", "input_order", "output",

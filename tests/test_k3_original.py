@@ -21,6 +21,7 @@ from kandinsky_core.kandinsky3 import original as O
 from kandinsky_core.kandinsky3 import original_pipeline as OP
 from kandinsky_core.kandinsky3 import tiny_original as TO
 from kandinsky_core.kandinsky3.unet import UNET3, UNet
+from kandinsky_core import movq
 from kandinsky_core.movq import MOVQ_K3, MoVQ
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k3_original"
@@ -95,10 +96,10 @@ def test_full_size_key_sets_map_onto_ours():
         assert all(TO.original_unet_key(O.unet_key(k)) == k for k, _ in keys[name])
     ours = {k: tuple(v.shape) for k, v in MoVQ(MOVQ_K3, device="meta").state_dict().items()}
     del ours["quantize.embedding.weight"]
-    mapped = {O.movq_key(k, 4): tuple(s) for k, s in keys["movq"]}
+    mapped = {movq.original_key(k, 4): tuple(s) for k, s in keys["movq"]}
     assert mapped.keys() == ours.keys()
     assert all(tuple(mapped[k][:2]) == ours[k][:2] for k in ours)  # attention 1×1 convolutions become linear weights
-    assert all(TO.original_movq_key(O.movq_key(k, 4), 4)[0] == k for k, _ in keys["movq"])
+    assert all(TO.original_movq_key(movq.original_key(k, 4), 4)[0] == k for k, _ in keys["movq"])
 
 
 def test_every_layout_loads_into_the_same_models(files):
@@ -213,8 +214,6 @@ def gen(seed):
 
 
 def test_bad_files_are_named(files, tmp_path):
-    with pytest.raises(KandinskyError, match="holds no text projection: give its projection file"):
-        O.load_unet(files["unet"])
     with pytest.raises(KandinskyError, match="is an original Kandinsky 3 movq file, not a unet"):
         O.load_unet(files["movq"], files["projection"])
     with pytest.raises(KandinskyError, match="is an original Kandinsky 3 unet file, not a projection"):
@@ -227,3 +226,31 @@ def test_bad_files_are_named(files, tmp_path):
     TO.write_projection(narrow, {k: v[:4] if k == "0.weight" else v[:4] for k, v in files["state"][1].items()})
     with pytest.raises(KandinskyError, match="projection maps the text to 4 channels but the UNet attends to 8"):
         O.load_unet(files["unet"], narrow)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("a pickle that runs code",))
+
+
+def test_foreign_and_unsafe_files_are_refused_unread(files, tmp_path):
+    bomb = tmp_path / "bomb.pt"
+    torch.save({"unet": Exploit()}, bomb)
+    unsafe = r"bomb.pt holds Python objects besides tensors \(print\), which are refused unread"
+    with pytest.raises(KandinskyError, match=unsafe):
+        O.load_unet(bomb, files["projection"])
+    from kandinsky_core.kandinsky2.unet import UNET_22_TINY, UNet as UNet22
+    decoder = tmp_path / "decoder22.pt"
+    torch.save(UNet22(UNET_22_TINY).state_dict(), decoder)
+    with pytest.raises(KandinskyError, match="not an original Kandinsky 3 UNet, projection or MoVQ file: it looks like "
+                                             "a Kandinsky 2.x decoder UNet"):
+        O.load_unet(decoder, files["projection"])
+
+
+def test_the_published_projection_is_found_beside_the_unet(files, tmp_path):
+    assert O.published_projection(files["unet"]) == str(files["projection"])
+    assert O.published_projection(files["inpaint"]) is None  # this tiny folder has no projection_inpainting.pt
+    loose = tmp_path / "my_unet.pt"
+    shutil.copy(files["unet"], loose)
+    with pytest.raises(KandinskyError, match="holds no text projection: give its projection file too"):
+        O.load_unet(loose)

@@ -6,7 +6,7 @@ mmap=True)`, so a 12 GB UNet file is mapped, not copied, and each tensor is cast
   the unconditional context token} and, in the 3.0 release, "projections" (the T5 → context projection, under `t5.`);
 - a projection file (3.1's `projection.pt`, `projection_flash.pt`, `projection_inpainting.pt`): Linear + LayerNorm under
   `0.` and `1.`; each UNet was trained with its own;
-- `movq.pt`: the MoVQ under the original VQGAN names, without a codebook (the Kandinsky pipelines never quantize).
+- `movq.pt`: the MoVQ under the original VQGAN names, without a codebook (`kandinsky_core.movq` reads it).
 What a file is comes from its keys and shapes: 4 or 9 UNet input channels (text-to-image or inpainting), a projection
 inside or not. The base and Flash UNets have the same keys and shapes; which sampler a UNet wants is the user's choice.
 Key names map one to one onto ours (diffusers' `Kandinsky3UNet` / `VQModel` names), so the models are the same classes
@@ -20,14 +20,13 @@ from torch import nn
 
 from .. import weights as W
 from ..errors import KandinskyError
-from ..movq import MoVQ, movq_config_from_shapes
+from .. import movq as M
 from .original_pipeline import OriginalModels
 from .t5 import load_t5
 from .tokenizer import load_tokenizer
 from .unet import PUBLISHED_GROUPS, PUBLISHED_HEAD_DIM, UNet, UNetConfig
 
 NORM_GROUPS = PUBLISHED_GROUPS  # not in the files: the published UNet's and MoVQ's GroupNorm groups
-CODEBOOK = (16384, 4)  # diffusers' MoVQ has a codebook the original file lacks; unused by every Kandinsky pipeline
 PROJECTION_3_0 = {"t5.0.weight": "0.weight", "t5.1.weight": "1.weight", "t5.1.bias": "1.bias"}
 PROJECTION_KEYS = {"0.weight": "encoder_hid_proj.projection_linear.weight",
                    "1.weight": "encoder_hid_proj.projection_norm.weight", "1.bias": "encoder_hid_proj.projection_norm.bias"}
@@ -43,21 +42,6 @@ UNET_RULES = [
     (r"\.to_query\.", ".to_q."), (r"\.to_key\.", ".to_k."), (r"\.to_value\.", ".to_v."),
     (r"\.output_layer\.", ".to_out.0."),
 ]
-MOVQ_RULES = [
-    (r"^encoder\.(.*)\.norm_layer\.", r"encoder.\1."),  # the original wraps every encoder GroupNorm in a SpatialNorm
-    (r"^(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
-    (r"^(encoder|decoder)\.mid\.attn_1\.", r"\1.mid_block.attentions.0."),
-    (r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets."),
-    (r"^encoder\.down\.(\d+)\.attn\.", r"encoder.down_blocks.\1.attentions."),
-    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-    (r"^decoder\.up\.(\d+)\.block\.", r"decoder.up.\1.resnets."),
-    (r"^decoder\.up\.(\d+)\.attn\.", r"decoder.up.\1.attentions."),
-    (r"^decoder\.up\.(\d+)\.upsample\.", r"decoder.up.\1.upsamplers.0."),
-    (r"\.nin_shortcut\.", ".conv_shortcut."), (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
-    (r"\.attentions\.(\d+)\.q\.", r".attentions.\1.to_q."), (r"\.attentions\.(\d+)\.k\.", r".attentions.\1.to_k."),
-    (r"\.attentions\.(\d+)\.v\.", r".attentions.\1.to_v."),
-    (r"\.attentions\.(\d+)\.proj_out\.", r".attentions.\1.to_out.0."),
-]
 
 
 def _apply(rules, key):
@@ -71,17 +55,6 @@ def unet_key(key):
     key = _apply(UNET_RULES, key)
     # The cross-attention of resnet_attn_blocks.I sits at attentions.I+1 (attentions.0 is the self-attention).
     return re.sub(r"\.resnet_attn_blocks\.(\d+)\.1\.", lambda m: f".attentions.{int(m[1]) + 1}.", key)
-
-
-def movq_key(key, levels):
-    """Our (diffusers) name of an original MoVQ tensor; decoder levels run in the opposite order."""
-    key = _apply(MOVQ_RULES, key)
-    key = re.sub(r"^decoder\.up\.(\d+)\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.", key)
-    if key.startswith("encoder.") and ".attentions." in key:
-        key = re.sub(r"\.norm\.", ".group_norm.", key)
-    elif key.startswith("decoder.") and ".attentions." in key:
-        key = re.sub(r"\.norm\.", ".spatial_norm.", key)
-    return key
 
 
 def read_file(path):
@@ -102,7 +75,7 @@ def describe_file(top):
         return "unet"
     if set(top) == set(PROJECTION_KEYS):
         return "projection"
-    if "encoder.conv_in.weight" in top and "decoder.conv_out.weight" in top and "quant_conv.weight" in top:
+    if M.is_original_movq(top):
         return "movq"
     shapes = {k: tuple(v.shape) for k, v in top.items() if isinstance(v, torch.Tensor)}
     raise KandinskyError(f"This is not an original Kandinsky 3 UNet, projection or MoVQ file: it looks like "
@@ -118,15 +91,31 @@ def _file_of(path, kind):
     return top
 
 
-def projection_of(path, unet_top=None):
-    """The projection tensors (`0.weight`, `1.weight`, `1.bias`) of a 3.1 projection file, or of a 3.0 UNet file."""
+def published_projection(path):
+    """The projection file the published repo pairs with an original UNet file (kandinsky3.pt, kandinsky3_flash.pt,
+    kandinsky3_inpainting.pt with projection.pt, projection_flash.pt, projection_inpainting.pt), beside it or in the
+    flan_ul2_encoder/ folder beside it; None if there is none."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if not stem.startswith("kandinsky3"):
+        return None
+    name = f"projection{stem[len('kandinsky3'):]}.pt"
+    folder = os.path.dirname(os.fspath(path))
+    found = [p for p in (os.path.join(folder, name), os.path.join(folder, "flan_ul2_encoder", name)) if os.path.isfile(p)]
+    return found[0] if found else None
+
+
+def projection_of(path, unet_top=None, unet_path=None):
+    """The projection tensors (`0.weight`, `1.weight`, `1.bias`) of a 3.1 projection file; None: the ones a 3.0 UNet
+    file holds, else the published projection file beside `unet_path`."""
     if path is None:
         inside = (unet_top or {}).get("projections")
-        if not isinstance(inside, dict) or set(inside) != set(PROJECTION_3_0):
+        if isinstance(inside, dict) and set(inside) == set(PROJECTION_3_0):
+            return {PROJECTION_3_0[k]: v for k, v in inside.items()}
+        path = published_projection(unet_path) if unet_path is not None else None
+        if path is None:
             raise KandinskyError("This Kandinsky 3.1 UNet file holds no text projection: give its projection file too "
                                  "(projection.pt for kandinsky3.pt, projection_flash.pt for kandinsky3_flash.pt, "
                                  "projection_inpainting.pt for kandinsky3_inpainting.pt, in weights/flan_ul2_encoder/).")
-        return {PROJECTION_3_0[k]: v for k, v in inside.items()}
     return _file_of(path, "projection")
 
 
@@ -149,9 +138,9 @@ def unet_config(shapes, projection, groups=NORM_GROUPS, head_dim=PUBLISHED_HEAD_
                       time_features="original")
 
 
-def _cast(items, dtype, device):
-    for key, t in items:
-        yield key, t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+def read_shapes(path):
+    """{key: shape} of an original UNet file's UNet tensors (the file is mapped, not read)."""
+    return {k: tuple(v.shape) for k, v in _file_of(path, "unet")["unet"].items()}
 
 
 def read_unet_config(top, projection):
@@ -165,9 +154,9 @@ def read_unet_config(top, projection):
 
 def load_unet(path, projection=None, *, dtype=None, device="cpu", operations=nn):
     """(UNet, null_embedding) from an original UNet file and its projection (a 3.1 projection file; None: the one
-    inside a 3.0 file). `dtype` None keeps the file's (fp32)."""
+    inside a 3.0 file, else the published one beside it). `dtype` None keeps the file's (fp32)."""
     top = _file_of(path, "unet")
-    proj = projection_of(projection, top)
+    proj = projection_of(projection, top, path)
     sd = top["unet"]
     config = read_unet_config(top, proj)
     null = top.get("null_embedding")
@@ -177,34 +166,9 @@ def load_unet(path, projection=None, *, dtype=None, device="cpu", operations=nn)
     tensors = [(unet_key(k), v) for k, v in sd.items()] + [(PROJECTION_KEYS[k], v) for k, v in proj.items()]
     model = W.build(UNet, config, "Kandinsky 3 UNet", operations=operations, dtype=dtype)
     reference = model if operations is nn else W.build(UNet, config, "Kandinsky 3 UNet")
-    model = W.load_weights(model, path, reference=reference, tensors=_cast(tensors, dtype, device),
+    model = W.load_weights(model, path, reference=reference, tensors=((k, W.cast(v, dtype, device)) for k, v in tensors),
                            mismatch_hint="it is not an original Kandinsky 3 UNet of the published shape.").eval()
     return model, null.reshape(-1).to(device=device, dtype=dtype or null.dtype)
-
-
-def movq_config(shapes):
-    """Our MoVQ config for an original `movq.pt` (mapped key shapes; 32 norm groups and the codebook as published)."""
-    return movq_config_from_shapes({**shapes, "quantize.embedding.weight": CODEBOOK})
-
-
-def movq_tensors(top):
-    """(our key, tensor) pairs of an original MoVQ state dict: attention 1×1 convolutions become linear weights."""
-    levels = W.count_indices(top, r"encoder\.down\.(\d+)\.")
-    for key, t in top.items():
-        ours = movq_key(key, levels)
-        yield ours, t[:, :, 0, 0] if ".attentions." in ours and ".to_" in ours and t.ndim == 4 else t
-
-
-def load_movq(path, *, dtype=None, device="cpu", operations=nn):
-    """The MoVQ of an original `movq.pt` (a zero codebook stands in for the one the file lacks)."""
-    top = _file_of(path, "movq")
-    tensors = dict(movq_tensors(top))
-    config = movq_config({k: tuple(v.shape) for k, v in tensors.items()})
-    tensors["quantize.embedding.weight"] = torch.zeros(CODEBOOK)
-    model = W.build(MoVQ, config, "MoVQ", operations=operations, dtype=dtype)
-    reference = model if operations is nn else W.build(MoVQ, config, "MoVQ")
-    return W.load_weights(model, path, reference=reference, tensors=_cast(tensors.items(), dtype, device),
-                          mismatch_hint="it is not an original Kandinsky 3 movq.pt.").eval()
 
 
 def load_original(unet, movq, text_encoder=None, projection=None, *, dtype=None, device="cpu", operations=nn):
@@ -219,4 +183,4 @@ def load_original(unet, movq, text_encoder=None, projection=None, *, dtype=None,
         t5 = load_t5(text_encoder, **{**parts, "dtype": dtype})
         beside = os.path.join(os.path.dirname(os.path.normpath(text_encoder)), "tokenizer")  # kandinsky-3's layout
         tokenizer = load_tokenizer(text_encoder if os.path.isfile(os.path.join(text_encoder, "spiece.model")) else beside)
-    return OriginalModels(model, load_movq(movq, **{**parts, "dtype": dtype}), null, t5, tokenizer)
+    return OriginalModels(model, M.load_movq(movq, **{**parts, "dtype": dtype}), null, t5, tokenizer)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import images
 from ..errors import KandinskyError
-from ..sampling import check_guidance, decode_latents, denoise, device_dtype, randn
+from ..sampling import check_guidance, decode_latents, denoise, device_dtype, randn, timesteps_for
 from ..prompts import prompt_list
 from .pipeline import MAX_TOKENS
 
@@ -149,14 +149,31 @@ class FlashSampler(OriginalSampler):
         return self.add_noise(x0, randn(x.shape, generator, x.device, x.dtype), s) if s else x0
 
 
+def flash_sigmas(sigmas):
+    """Flash's timesteps as ComfyUI sigmas (ε model, σ = √((1 − ᾱ)/ᾱ)) from a 1000-entry sigma table, then 0: with an
+    LCM-style sampler (x = x0 + σ_next·noise) they are the Flash loop."""
+    return torch.cat([sigmas[list(FLASH_TIMESTEPS)], sigmas.new_zeros(1)])
+
+
 def project(unet, hidden, mask):
     """Original conditioning from T5 states (B, L, d) and their mask: projected, zeroed where padded, cut to the
     longest prompt's tokens + 1."""
-    device, dtype = device_dtype(unet)
-    mask = mask.to(device)
-    context = unet.encoder_hid_proj(hidden.to(device, dtype)).masked_fill(mask[..., None] == 0, 0)
+    mask = mask.to(hidden.device)  # hidden: on the UNet's device in its compute dtype (ComfyUI stores fp8 apart)
+    context = unet.encoder_hid_proj(hidden).masked_fill(mask[..., None] == 0, 0)
     kept = int(mask.sum(-1).max()) + 1
     return context[:, :kept], mask[:, :kept]
+
+
+def condition(unet, hidden, mask, null_embedding):
+    """Original conditioning of T5 states as ComfyUI's CLIP Text Encode gives them (cut to the tokens + 1): projected
+    and zeroed where padded; rows of all-zero states (from ConditioningZeroOut, the way to ask for no negative prompt)
+    become the null branch at their own length, as the original builds it at the prompt's."""
+    context, mask = project(unet, hidden, mask)
+    null = hidden.flatten(1).abs().amax(dim=1) == 0
+    if null.any():
+        context, mask = context.clone(), mask.clone()
+        context[null], mask[null] = null_conditioning((context[null], mask[null]), null_embedding)
+    return context, mask
 
 
 def null_conditioning(positive, null_embedding):
@@ -179,7 +196,8 @@ def encode_prompt(models, prompt, negative_prompt=None, *, num_images_per_prompt
         ids, mask = models.tokenizer(texts, max_length=MAX_TOKENS)
         device = device_dtype(models.text_encoder)[0]
         hidden = models.text_encoder(ids.to(device), mask.to(device))
-        pair = project(models.unet, images.check_finite(hidden, "The text encoder's output"), mask)
+        hidden = images.check_finite(hidden, "The text encoder's output").to(*device_dtype(models.unet))
+        pair = project(models.unet, hidden, mask)
         return tuple(t.repeat_interleave(num_images_per_prompt, dim=0) for t in pair)
 
     prompts = prompt_list(prompt, "prompt")
@@ -214,13 +232,21 @@ def _check(models, positive, negative, guidance_scale):
 
 @torch.no_grad()
 def sample(models, positive, negative, shape, *, sampler, guidance_scale=3.0, generator=None, concat=None,
-           latents=None, callback=None, steps=50):
+           latents=None, callback=None, steps=50, init=None, strength=1.0):
     """Latents of `shape` (B, 4, h, w) with an `OriginalSampler` (`FlashSampler`: guidance_scale None); `concat`:
-    the inpainting UNet's extra channels (keep-mask, masked-image latents), one row per latent."""
+    the inpainting UNet's extra channels (keep-mask, masked-image latents), one row per latent. `init` and
+    `strength` < 1: start from `init` noised to the strength's share of the grid (image-to-image, which the
+    original has no pipeline for); `latents`: the first step's noisy input instead of fresh noise."""
     _check(models, positive, negative, guidance_scale)
     device, dtype = device_dtype(models.unet)
     timesteps = sampler.set_timesteps(steps)
-    if latents is None:
+    if init is not None:
+        if isinstance(sampler, FlashSampler):
+            raise KandinskyError("Kandinsky 3.1 Flash samples from noise only (denoise 1); its four timesteps were "
+                                 "distilled for that.")
+        timesteps = timesteps_for(sampler, steps, strength)
+        latents = sampler.add_noise(init.to(device, dtype), randn(init.shape, generator, device, dtype), timesteps[0])
+    elif latents is None:
         latents = (sampler.initial_latents(shape, generator, device, dtype) if isinstance(sampler, FlashSampler)
                    else randn(shape, generator, device, dtype))
 
@@ -269,6 +295,14 @@ def inpaint_inputs(movq, image, mask):
 
 
 @torch.no_grad()
+def inpaint_concat(movq, image, mask):
+    """The inpainting UNet's extra input channels for an image (B, 3, H, W) in [-1, 1] and a mask (B or 1, 1, H, W):
+    the latent keep-mask, then the masked image's latents (`inpaint_inputs`), one row per image."""
+    keep, latents = inpaint_inputs(movq, image, mask)
+    return torch.cat([keep.expand(latents.shape[0], -1, -1, -1), latents], dim=1)
+
+
+@torch.no_grad()
 def inpaint(models, prompt, image, mask, *, negative_prompt=None, steps=50, guidance_scale=4.0, eta=1.0,
             num_images_per_prompt=1, generator=None, output_type="pil", callback=None):
     """Repaint where `mask` is 1 (0 keeps), as the original Kandinsky3InpaintingPipeline; image (B, 3, H, W) in
@@ -289,11 +323,11 @@ def inpaint(models, prompt, image, mask, *, negative_prompt=None, steps=50, guid
         raise KandinskyError(f"The mask is {tuple(mask.shape[-2:])} but the image {tuple(pixels.shape[-2:])}; give "
                              "them the same size.")
     movq_dtype = device_dtype(models.movq)[1]
-    keep, latents = inpaint_inputs(models.movq, pixels.to(device, movq_dtype), mask.to(device, movq_dtype))
+    concat = inpaint_concat(models.movq, pixels.to(device, movq_dtype), mask.to(device, movq_dtype))
     positive, negative = encode_prompt(models, prompt, negative_prompt, num_images_per_prompt=num_images_per_prompt)
     n = positive[0].shape[0]
-    concat = torch.cat([keep, latents], dim=1).to(dtype).repeat_interleave(n // keep.shape[0], dim=0)
-    shape = (n, models.unet.config.output_channels, *latents.shape[-2:])
+    concat = concat.to(dtype).repeat_interleave(n // concat.shape[0], dim=0)
+    shape = (n, models.unet.config.output_channels, *concat.shape[-2:])
     out = sample(models, positive, negative, shape, sampler=OriginalSampler(0.95, eta), steps=steps,
                  guidance_scale=guidance_scale, generator=generator, concat=concat, callback=callback)
     return decode_latents(models.movq, out, output_type)

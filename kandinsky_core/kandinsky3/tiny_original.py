@@ -156,3 +156,17 @@ def write_flan_ul2_encoder(folder, seed=0, config=T5_TINY, projections=None):
     for name, projection in (projections or {}).items():
         write_projection(os.path.join(folder, name), projection)
     return folder
+
+
+def write_kandinsky31(folder, seed=0):
+    """Kandinsky 3.1's `weights/` folder in its published layout: kandinsky3.pt, kandinsky3_flash.pt,
+    kandinsky3_inpainting.pt, movq.pt and flan_ul2_encoder/ with the three projection files."""
+    os.makedirs(folder, exist_ok=True)
+    projections = {}
+    for i, (name, inpainting) in enumerate([("", False), ("_flash", False), ("_inpainting", True)]):
+        unet, projections[f"projection{name}.pt"], null = original_unet_state(seed=seed + 10 * i)
+        write_unet(os.path.join(folder, f"kandinsky3{name}.pt"),
+                   {**unet, **inpainting_in_layer(seed=seed + 10 * i)} if inpainting else unet, null)
+    write_movq(os.path.join(folder, "movq.pt"), original_movq_state(seed=seed))
+    write_flan_ul2_encoder(os.path.join(folder, "flan_ul2_encoder"), seed=seed, projections=projections)
+    return folder

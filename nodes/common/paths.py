@@ -64,6 +64,18 @@ def check_kandinsky3(folder):
                          "whole unet/ folder) of kandinsky-community/kandinsky-3 into it again.")
 
 
+def _is_t5_folder(folder):
+    """Whether `folder` holds a T5 and its tokenizer together, as Kandinsky 3.1's weights/flan_ul2_encoder/ does."""
+    config = os.path.join(folder, "config.json")
+    if not (os.path.isfile(config) and os.path.isfile(os.path.join(folder, "spiece.model"))):
+        return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            return json.load(f).get("model_type") == "t5"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _damaged_unet_config(folder):
     """Whether folder has a unet/config.json that cannot be read: offered to both UNet loaders, which say so."""
     name, problem = _unet_config(folder)
@@ -73,6 +85,8 @@ def _damaged_unet_config(folder):
 def _matches(folder, kind):
     if kind == "depth":
         return _is_depth_model(folder)
+    if kind == "t5":
+        return _matches(folder, "kandinsky3") or _is_t5_folder(folder)
     if kind in ("kandinsky3", "decoder") and is_kandinsky3(folder):  # a kandinsky-3 folder is no 2.x decoder
         return kind == "kandinsky3"
     if kind == "kandinsky3":
@@ -80,19 +94,31 @@ def _matches(folder, kind):
     return any(os.path.isdir(os.path.join(folder, m)) for m in REPO_MARKERS[kind])
 
 
+def original_files():
+    """The torch pickles (.pt, .pth) in the model folders: where the original Kandinsky 3 UNet, projection and MoVQ
+    files are (which is which, their loader tells from their keys)."""
+    found = set()
+    for root in folder_paths.get_folder_paths(FOLDER):
+        for dirpath, _, filenames in os.walk(root, followlinks=True):
+            rel = os.path.relpath(dirpath, root)
+            found.update(os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
+                         for f in filenames if f.lower().endswith((".pt", ".pth")))
+    return sorted(found)
+
+
 def entries(kind):
-    """Loader choices for `kind` ('prior', 'decoder', 'movq', 'depth' or 'kandinsky3'): matching folders, then lone
-    weight files (none for 'depth' and 'kandinsky3', which need whole folders)."""
+    """Loader choices for `kind` ('prior', 'decoder', 'movq', 'depth', 'kandinsky3' or 't5'): matching folders, then
+    lone weight files (none for 'depth', 'kandinsky3' and 't5', which need whole folders)."""
     folders, files = set(), set()
     for root in folder_paths.get_folder_paths(FOLDER):
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
             if rel != "." and _matches(dirpath, kind):
                 folders.add(rel + "/")
-            if rel != "." and any(_matches(dirpath, k) for k in ("prior", "decoder", "movq", "depth", "kandinsky3")):
+            if rel != "." and any(_matches(dirpath, k) for k in ("prior", "decoder", "movq", "depth", "t5")):
                 dirnames[:] = []  # the parts of a checkpoint folder are not offered on their own
                 continue
-            if kind not in ("depth", "kandinsky3"):
+            if kind not in ("depth", "kandinsky3", "t5"):
                 files.update(os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
                              for f in filenames if f.lower().endswith(WEIGHT_EXTENSIONS))
     return sorted(folders) + sorted(files)

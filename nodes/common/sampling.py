@@ -75,4 +75,10 @@ class Computing(torch.nn.Module):
     def forward(self, *args, **kwargs):
         return self.unet(*args, **kwargs)
 
+    def __getattr__(self, name):  # the rest of the UNet's interface (its layers, e.g. Kandinsky 3's text projection)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("unet"), name)
+
 

@@ -1,5 +1,4 @@
 """Kandinsky 2 image-side nodes: inpainting inputs, depth maps and hints."""
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ...kandinsky_core import images
@@ -7,19 +6,9 @@ from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky2 import depth
 from ...kandinsky_core.kandinsky2.decoder_pipeline import latent_keep_mask
 from ..common import paths, types
+from ..common.inpaint import with_keys
 from ..common.movq_nodes import comfy_image, encodable, encode, require_movq
 from .depth import load_depth
-
-
-def with_keys(cond, **keys):
-    """A copy of a CONDITIONING list whose dicts carry `keys` too; the input is left as it was."""
-    return [[t, {**d, **keys}] for t, d in cond]
-
-
-def fit_mask(mask, height, width):
-    """A MASK as (B, 1, height, width), resized bilinearly when its size differs, as core InpaintModelConditioning."""
-    mask = images.check_finite(mask, "The mask").reshape(-1, 1, *mask.shape[-2:]).float()
-    return mask if mask.shape[-2:] == (height, width) else F.interpolate(mask, (height, width), mode="bilinear")
 
 
 class InpaintConditioning(io.ComfyNode):
@@ -49,7 +38,7 @@ class InpaintConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, movq, pixels, mask):
         f = require_movq(movq).model.config.scale_factor
-        image, hole = encodable(pixels, f), images.crop_to_multiple(fit_mask(mask, *pixels.shape[1:3]), f)
+        image, hole = encodable(pixels, f), images.crop_to_multiple(images.fit_mask(mask, *pixels.shape[1:3]), f)
         keep, _ = images.prepare_mask_and_masked_image(image, hole, *image.shape[-2:])
         latents = encode(movq, pixels, cls.hidden.unique_id)  # crops the image as above
         keep = latent_keep_mask(keep, latents.shape[-2:]).to(latents.device)

@@ -4,6 +4,9 @@ It predicts ε on the checkpoint's cosine ("squaredcos_cap_v2") schedule, which 
 under the same name. CONDITIONING comes from CLIP Text Encode with the Kandinsky 3 CLIP (text.py): T5 hidden
 states (B, L, d) with the prompt's attention mask and a marker in its dict; anything else is refused by name here.
 The UNet is built with `comfy.ops`, so fp8 weight storage and ComfyUI's low-VRAM partial loading apply to it.
+A UNet from the original ai-forever files (Kandinsky 3.0 / 3.1 / Flash / inpainting) is the same MODEL with the
+original's conditioning: the T5 states projected and zeroed where padded, and its `null_embedding` for a negative from
+ConditioningZeroOut; the 9-channel inpainting UNet reads its extra input from Kandinsky 3 Inpaint Conditioning.
 """
 import ctypes
 import os
@@ -20,6 +23,8 @@ from ...kandinsky_core import schedulers as S
 from ...kandinsky_core import weights
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import loading as K3L
+from ...kandinsky_core.kandinsky3 import original as K3O
+from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
 from ..common import paths
 from ..common.comfy_compat import model_patcher
 from ..common.movq import KandinskyLatent
@@ -30,6 +35,7 @@ WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 MARKER = "kandinsky3_text_width"  # conditioning dict key: set by the Kandinsky 3 CLIP to its T5's width
 MASK = "attention_mask"  # conditioning dict key: the T5 attention mask (B, L), 1 for real tokens
+INPAINT = "kandinsky3_inpaint"  # conditioning dict key: the inpainting UNet's keep-mask and masked-image latents
 # On a CPU-only setup, the Kandinsky 3 T5s whose weights are in RAM (text.py): sampling frees them.
 HELD_TEXT_ENCODERS = weakref.WeakSet()
 
@@ -63,9 +69,10 @@ class Kandinsky3ModelConfig(comfy.supported_models_base.BASE):
 class Kandinsky3Net(torch.nn.Module):
     """ComfyUI's calling convention around the core UNet: T5 states from the cross-attn slot, mask as an extra cond."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, null_embedding=None):
         super().__init__()
         self.unet = unet
+        self.null_embedding = null_embedding  # set for the original files: their conditioning is the original's
 
     @property
     def dtype(self):
@@ -73,15 +80,18 @@ class Kandinsky3Net(torch.nn.Module):
         return next(self.unet.parameters()).dtype
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, kandinsky3_mask=None, **kwargs):
-        return self.unet(x, timesteps, context, kandinsky3_mask)
+        if self.null_embedding is None:
+            return self.unet(x, timesteps, context, kandinsky3_mask)
+        null = self.null_embedding.to(x.device)
+        return self.unet(x, timesteps, *K3OP.condition(self.unet, context, kandinsky3_mask, null), projected=True)
 
 
 class Kandinsky3(comfy.model_base.BaseModel):
     """The Kandinsky 3 UNet inside ComfyUI's model management, with the folder's scheduler config for our sampler."""
 
-    def __init__(self, model_config, unet, scheduler_config=None, device=None):
+    def __init__(self, model_config, unet, scheduler_config=None, device=None, null_embedding=None):
         super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device)
-        self.diffusion_model = Kandinsky3Net(unet)
+        self.diffusion_model = Kandinsky3Net(unet, null_embedding)
         self.scheduler_config = scheduler_config or S.KANDINSKY_3_DDPM
         abar = S.scheduler_from_config(self.scheduler_config).alphas_cumprod
         self.model_sampling.set_sigmas(((1 - abar) / abar) ** 0.5)  # the checkpoint's own schedule, as the core's
@@ -92,7 +102,27 @@ class Kandinsky3(comfy.model_base.BaseModel):
                                           "KSampler")
         # CONDRegular batches only equal lengths: a prompt and a negative of other lengths run as separate UNet calls,
         # as in the core (padding would change the UNet's pooled text embedding, which averages every position).
-        return {"c_crossattn": comfy.conds.CONDRegular(hidden), "kandinsky3_mask": comfy.conds.CONDRegular(mask)}
+        out = {"c_crossattn": comfy.conds.CONDRegular(hidden), "kandinsky3_mask": comfy.conds.CONDRegular(mask)}
+        if self.diffusion_model.unet.config.in_channels == 9:
+            out["c_concat"] = comfy.conds.CONDNoiseShape(inpaint_concat(kwargs.get(INPAINT), kwargs["noise"]))
+        return out
+
+    @property
+    def original(self):
+        """Whether this UNet came from the original ai-forever files (original conditioning and samplers)."""
+        return self.diffusion_model.null_embedding is not None
+
+
+def inpaint_concat(concat, noise):
+    """The inpainting UNet's extra channels (keep-mask, masked-image latents), checked against the latent sampled."""
+    if concat is None:
+        raise KandinskyError("The Kandinsky 3 inpainting UNet needs an image and a mask: add Kandinsky 3 Inpaint "
+                             "Conditioning between CLIP Text Encode and the sampler.")
+    if concat.shape[-2:] != noise.shape[-2:]:
+        raise KandinskyError(f"The inpainting image ({concat.shape[-1] * 8}x{concat.shape[-2] * 8}) and the latent being "
+                             f"sampled ({noise.shape[-1] * 8}x{noise.shape[-2] * 8}) differ in size; sample the latent "
+                             "that Kandinsky 3 Inpaint Conditioning outputs.")
+    return concat
 
 
 def without_weightless_casts(ops):
@@ -134,23 +164,47 @@ def check_conditioning(hidden, extra, width, node):
     return hidden, mask.float()
 
 
-def load_unet(folder, weight_dtype="default", model_options=None):
-    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device;
-    `model_options` as core's UNet loader takes them ("custom_operations": e.g. a quantised-weight pack's layers)."""
-    if weight_dtype not in WEIGHT_DTYPES:  # ComfyUI 0.3.75 does not check V3 combo values
+def check_weight_dtype(weight_dtype):
+    """Refuse a weight_dtype the loaders do not offer (ComfyUI 0.3.75 does not check V3 combo values)."""
+    if weight_dtype not in WEIGHT_DTYPES:
         raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
-    if not paths.is_kandinsky3(folder):
-        raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
-                             "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
-    weights_file = weights.weights_path(os.path.join(folder, "unet"))
-    params = sum(int(torch.Size(s).numel()) for s in weights.read_shapes(weights_file).values())
-    load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
+
+
+def _ops(weight_dtype, params, model_options):
+    """(storage dtype, model config, comfy.ops) for a UNet of `params` parameters, as core's UNet loader picks them."""
+    load_device = mm.get_torch_device()
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
     model_config = Kandinsky3ModelConfig(Kandinsky3ModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
     ops = (model_options or {}).get("custom_operations") or comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
-    ops = without_weightless_casts(ops)
+    return dtype, model_config, without_weightless_casts(ops)
+
+
+def load_original_unet(path, projection=None, weight_dtype="default", model_options=None):
+    """An original Kandinsky 3 UNet file (and its projection file; None: the published one beside it, or the one a 3.0
+    file holds) as a ComfyUI MODEL patcher, weights stored in `weight_dtype`."""
+    check_weight_dtype(weight_dtype)
+    projection = projection or K3O.published_projection(path)
+    shapes = K3O.read_shapes(path)
+    dtype, model_config, ops = _ops(weight_dtype, sum(int(torch.Size(s).numel()) for s in shapes.values()), model_options)
+    load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
+    unet, null = K3O.load_unet(path, projection, dtype=dtype, device=offload, operations=ops)
+    model = Kandinsky3(model_config, unet.eval(), None, device=offload, null_embedding=null.float())
+    return model_patcher(model, load_device, offload)
+
+
+def load_unet(folder, weight_dtype="default", model_options=None):
+    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device;
+    `model_options` as core's UNet loader takes them ("custom_operations": e.g. a quantised-weight pack's layers)."""
+    check_weight_dtype(weight_dtype)
+    if not paths.is_kandinsky3(folder):
+        raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
+                             "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
+    weights_file = weights.weights_path(os.path.join(folder, "unet"))
+    params = sum(int(torch.Size(s).numel()) for s in weights.read_shapes(weights_file).values())
+    dtype, model_config, ops = _ops(weight_dtype, params, model_options)
+    load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
     unet = K3L.load_unet(folder, dtype=dtype, device=offload, operations=ops)
     scheduler = None
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):

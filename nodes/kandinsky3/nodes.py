@@ -9,15 +9,18 @@ import torch
 from comfy_api.latest import io
 
 from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
 from ...kandinsky_core.kandinsky3 import pipeline as K3
 from ..common import paths
 from ..common.progress import step_callback
 from ..common.sampling import Computing, check_denoise, check_latent, check_modifiers, make_scheduler, repeats
-from .model import WEIGHT_DTYPES, Kandinsky3, check_conditioning, load_unet, release_text_encoders
+from . import original_nodes
+from .model import INPAINT, WEIGHT_DTYPES, Kandinsky3, check_conditioning, inpaint_concat, load_unet, release_text_encoders
 from .text import load_clip
 
 CATEGORY = "Kandinsky 3"
-SAMPLERS = ["checkpoint", "ddpm", "dpm++ 2m", "dpm++ 2m karras"]
+SAMPLERS = ["checkpoint", "ddpm", "dpm++ 2m", "dpm++ 2m karras", "flash"]
+ORIGINAL_SAMPLERS = ("checkpoint", "flash")  # what an original-file UNet samples with: the 3.1 sampler, or Flash's
 DTYPE_TIP = ("How the weights are stored: default lets ComfyUI choose for the device; fp8 halves the memory of fp16 "
              "(computed in a higher precision layer by layer).")
 
@@ -50,9 +53,9 @@ class T5Loader(io.ComfyNode):
             node_id="Kandinsky3T5Loader", display_name="Kandinsky 3 T5 Loader", category=f"{CATEGORY}/loaders",
             description="Loads Kandinsky 3's text encoder (the Flan-UL2 T5 encoder, 8.7 B parameters) and tokenizer as "
                         "a CLIP, for CLIP Text Encode and the conditioning nodes.",
-            inputs=[io.Combo.Input("text_encoder", options=paths.entries("kandinsky3"),
-                                   tooltip="A kandinsky-community/kandinsky-3 folder (text_encoder/, tokenizer/) in "
-                                           "models/kandinsky."),
+            inputs=[io.Combo.Input("text_encoder", options=paths.entries("t5"),
+                                   tooltip="A kandinsky-community/kandinsky-3 folder (text_encoder/, tokenizer/), or "
+                                           "Kandinsky 3.1's weights/flan_ul2_encoder/, in models/kandinsky."),
                     io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)],
             outputs=[io.Clip.Output(display_name="clip", tooltip="The T5 as a CLIP: prompts are read as written (no "
                                                                  "(word:1.2) weighting), up to 127 tokens.")])
@@ -88,6 +91,10 @@ def read_inputs(k3, positive, negative, latent_image, sampler, steps, denoise):
     check_denoise(denoise, steps)
     if sampler not in SAMPLERS:  # ComfyUI 0.3.75 does not check V3 combo values against their options
         raise KandinskyError(f"Unknown sampler {sampler!r}; pick one of {', '.join(SAMPLERS)}.")
+    if k3.original != (sampler in ORIGINAL_SAMPLERS) and (k3.original or sampler == "flash"):
+        raise KandinskyError(f"The {sampler!r} sampler is not for this UNet: a UNet from the original files (Kandinsky "
+                             f"3.1 UNet Loader) samples with {' or '.join(ORIGINAL_SAMPLERS)}, a kandinsky-3 folder's "
+                             "with checkpoint, ddpm or dpm++; flash needs the Flash UNet from the original files.")
     check_latent(latent_image, "Kandinsky 3 Sampler", "use KSampler with this model, which denoises inside it.")
     return pos, neg
 
@@ -111,7 +118,8 @@ class Sampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="CLIP Text Encode with the Kandinsky 3 CLIP."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Optional negative prompt. Unconnected: no negative prompt (diffusers' "
-                                              "default, an empty and fully masked context)."),
+                                              "default, an empty and fully masked context; for a UNet from the "
+                                              "original files its null embedding, as the original code)."),
                 io.Latent.Input("latent_image", tooltip="Empty Latent Image (sides multiples of 64 pixels) for text-to-"
                                                         "image, or Kandinsky MoVQ Encode's latents for denoise < 1."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
@@ -121,7 +129,9 @@ class Sampler(io.ComfyNode):
                                tooltip="ComfyUI's cfg = Kandinsky 3's guidance + 1: 4.0 is diffusers' default 3.0. "
                                        "At 2 or below guidance is off (the negative is not used), as in diffusers."),
                 io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint",
-                               tooltip="checkpoint: the folder's scheduler (DDPM with x0 clipping)."),
+                               tooltip="checkpoint: the folder's scheduler (DDPM with x0 clipping); for a UNet from "
+                                       "the original files the Kandinsky 3.1 sampler (DDIM η 1, dynamic threshold). "
+                                       "flash: Kandinsky 3.1 Flash's four steps (steps and cfg are not used)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it, "
                                        "0 returns it unchanged (as KSampler does)."),
@@ -142,17 +152,48 @@ class Sampler(io.ComfyNode):
         device, dtype = model.load_device, k3.manual_cast_dtype or next(unet.parameters()).dtype
         init = latent_image["samples"]
         n = repeats(pos[0].shape[0], init.shape[0])
-        positive = conditioning_pair(pos, n, device, dtype)
-        negative = None if g <= 1 else conditioning_pair(neg, n, device, dtype) if neg is not None else \
-            (torch.zeros_like(positive[0]), torch.zeros_like(positive[1]))  # diffusers' negative_prompt=None
-        core = K3.Kandinsky3Models(Computing(unet, dtype, device), None, make_scheduler(k3.scheduler_config, sampler))
-        run = dict(steps=steps, guidance_scale=g, generator=torch.Generator().manual_seed(seed),
-                   callback=step_callback(steps, cls.hidden.unique_id, model))
-        if denoise < 1:
-            latents = K3.sample_image_to_image(core, positive, negative, init.to(device, dtype), strength=denoise, **run)
+        run = dict(steps=steps, generator=torch.Generator().manual_seed(seed),
+                   callback=step_callback(4 if sampler == "flash" else steps, cls.hidden.unique_id, model))
+        unet = Computing(unet, dtype, device)
+        if k3.original:
+            concat = positive[0][1].get(INPAINT)
+            latents = sample_original(k3, unet, (pos, neg, n, concat), init, sampler, g, denoise, run)
         else:
-            latents = K3.sample_text_to_image(core, positive, negative, tuple(init.shape), **run)
+            latents = sample_diffusers(k3, unet, (pos, neg, n), init, sampler, g, denoise, run)
         return io.NodeOutput({"samples": latents.to(mm.intermediate_device(), torch.float32)})
 
 
-NODES = [UNetLoader, T5Loader, Sampler]
+def sample_diffusers(k3, unet, conditioning, init, sampler, g, denoise, run):
+    """A kandinsky-3 folder's UNet sampled as diffusers' Kandinsky 3 pipelines do."""
+    pos, neg, n = conditioning
+    device, dtype = unet.probe.device, unet.probe.dtype
+    positive = conditioning_pair(pos, n, device, dtype)
+    negative = None if g <= 1 else conditioning_pair(neg, n, device, dtype) if neg is not None else \
+        (torch.zeros_like(positive[0]), torch.zeros_like(positive[1]))  # diffusers' negative_prompt=None
+    core = K3.Kandinsky3Models(unet, None, make_scheduler(k3.scheduler_config, sampler))
+    if denoise < 1:
+        return K3.sample_image_to_image(core, positive, negative, init.to(device, dtype), strength=denoise,
+                                        guidance_scale=g, **run)
+    return K3.sample_text_to_image(core, positive, negative, tuple(init.shape), guidance_scale=g, **run)
+
+
+def sample_original(k3, unet, conditioning, init, sampler, g, denoise, run):
+    """An original-file UNet sampled as the original code does: the 3.1 sampler (quantile 0.99, 0.95 for inpainting)
+    or Flash's four steps without guidance, conditioned as the original (an unconnected negative: its null_embedding)."""
+    pos, neg, n, concat = conditioning
+    device, dtype = unet.probe.device, unet.probe.dtype
+    null = k3.diffusion_model.null_embedding.to(device, dtype)
+    positive = K3OP.condition(unet, *conditioning_pair(pos, n, device, dtype), null)
+    negative = None if neg is None else K3OP.condition(unet, *conditioning_pair(neg, n, device, dtype), null)
+    inpainting = unet.config.in_channels == 9
+    if inpainting:
+        concat = inpaint_concat(concat, init).to(device, dtype).repeat_interleave(init.shape[0] // concat.shape[0], dim=0)
+    flash = sampler == "flash"
+    chosen = K3OP.FlashSampler() if flash else K3OP.OriginalSampler(0.95 if inpainting else 0.99)
+    models = K3OP.OriginalModels(unet, None, null)
+    return K3OP.sample(models, positive, negative, tuple(init.shape), sampler=chosen, concat=concat,
+                       guidance_scale=None if flash or g == 0 else g, init=init if denoise < 1 else None,
+                       strength=denoise, **{**run, "steps": 4 if flash else run["steps"]})
+
+
+NODES = [UNetLoader, T5Loader, Sampler, *original_nodes.NODES]

@@ -25,7 +25,7 @@ from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import t5 as T5
 from ...kandinsky_core.kandinsky3.pipeline import MAX_TOKENS
 from ...kandinsky_core.kandinsky3.tokenizer import load_tokenizer
-from .model import HELD_TEXT_ENCODERS, MARKER, MASK, WEIGHT_DTYPES
+from .model import HELD_TEXT_ENCODERS, MARKER, MASK, WEIGHT_DTYPES, check_weight_dtype
 
 KEY = "kandinsky3"  # the token dict's key, as ComfyUI's tokenizers name theirs (e.g. "t5xxl")
 
@@ -108,7 +108,10 @@ class Kandinsky3TextModel(torch.nn.Module):
 
 
 def text_encoder_folder(folder):
-    """(text_encoder/ path, tokenizer/ path) of a kandinsky-3 folder, or a KandinskyError naming what is missing."""
+    """(text_encoder/ path, tokenizer/ path) of a kandinsky-3 folder, or (folder, folder) for Kandinsky 3.1's
+    flan_ul2_encoder/ (the T5 and its tokenizer in one folder); a KandinskyError names what is missing."""
+    if os.path.isfile(os.path.join(folder, "spiece.model")) and os.path.isfile(os.path.join(folder, "config.json")):
+        return [folder, folder]
     parts = [os.path.join(folder, "text_encoder"), os.path.join(folder, "tokenizer")]
     for part in parts:
         if not os.path.isdir(part):
@@ -120,8 +123,7 @@ def text_encoder_folder(folder):
 def load_clip(folder, weight_dtype="default", hold=None):
     """The T5 and tokenizer of a kandinsky-3 folder as a ComfyUI CLIP, weights stored in `weight_dtype`; `hold`: keep
     the T5 in RAM only until sampling (default: when ComfyUI runs the text encoder on the CPU)."""
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
+    check_weight_dtype(weight_dtype)
     encoder, tokenizer_folder = text_encoder_folder(folder)
     config = T5.read_t5_config(encoder)
     tokenizer = load_tokenizer(tokenizer_folder)
