@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from comfy_server import PromptError
-from graphs import DECODERS, INPAINT_IMAGE, PRIORS, SINGLE_UNET, SIZE, Graph, interpolate_slots
+from graphs import DECODERS, INPAINT_IMAGE, ORIGINAL_WEIGHTS, PRIORS, SINGLE_UNET, SIZE, Graph, interpolate_slots
 from hostile_summary import record
 from k3_files import FP16, K3
 from lora_files import DECODER_LORA, model_shapes, random_lora, write_lora
@@ -98,6 +98,11 @@ def write_hostile_files(root, marker):
     _damage(_copy(root, k3, "k3-unet-cut-config") / "unet" / "config.json", "truncated")
     _edit_json(_copy(root, k3, "k3-t5-wrong-config") / "text_encoder" / "config.json", d_ff=40)
     _damage(_copy(root, k3, "k3-t5-cut-config") / "text_encoder" / "config.json", "truncated")
+    weights31 = root / ORIGINAL_WEIGHTS
+    for how in ("truncated", "corrupt"):
+        shutil.copy(weights31 / "kandinsky3.pt", root / HOSTILE / f"k31-{how}.pt")
+        _damage(root / HOSTILE / f"k31-{how}.pt", how)
+    shutil.copy(weights31 / "kandinsky3.pt", root / HOSTILE / "k31-without-projection.pt")  # no name to pair it by
 
 
 # LoRA files in models/loras that are not what the loader they reach takes
@@ -272,6 +277,10 @@ def k3_load(node, widget, value, weight_dtype="default"):
     return lambda g: preview(g, g.add(node, **{widget: value}, weight_dtype=weight_dtype)[0])
 
 
+def k31_load(unet, projection="auto (the published pairing)", weight_dtype="default"):
+    return lambda g: preview(g, g.add(K31U, unet=unet, projection=projection, weight_dtype=weight_dtype)[0])
+
+
 def k3_sample(g, cond=None, latent=None, lora=None, clip_lora=None, **kw):
     """Kandinsky 3 Sampler on the tiny kandinsky-3 folder; `cond` defaults to CLIP Text Encode of "a cat"; `lora`
     goes on the MODEL through LoraLoaderModelOnly, `clip_lora` on MODEL and CLIP through LoraLoader."""
@@ -365,6 +374,7 @@ ENC, DEC, IC, DE, S = ("Kandinsky2MoVQEncode", "Kandinsky2MoVQDecode", "Kandinsk
                        "Kandinsky2DepthEstimate", "Kandinsky2DecoderSampler")
 VALIDATION, WORKS = "validation", "works"
 K3U, K3T, K3S = "Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler"
+K31U, W31 = "Kandinsky3OriginalUNetLoader", ORIGINAL_WEIGHTS
 PL, LLM, LL = "Kandinsky2PriorLoRA", "LoraLoaderModelOnly", "LoraLoader"
 LONE = "a red \ud800 cat \udfff"  # lone UTF-16 surrogates: what a JSON "\ud800" or a cut emoji gives a str
 
@@ -606,6 +616,21 @@ CASES = [
     ("k3-sampler-cfg-nan", K3S, lambda g: k3_sample(g, cfg=NAN)),
     ("k3-sampler-denoise-nan", K3S, lambda g: k3_sample(g, denoise=NAN)),
     ("k3-sampler-unknown-sampler", Refused(K3S, "sampler"), lambda g: k3_sample(g, sampler="euler")),
+    ("k3-sampler-flash-on-diffusers-unet", Says(K3S, "'flash' sampler is not for this UNet"),
+     lambda g: k3_sample(g, sampler="flash")),
+    # the original Kandinsky 3.1 files
+    ("k31-unet-path-escape", Refused(K31U, "unet"), k31_load("../../etc/passwd")),
+    ("k31-unet-weight-dtype", Refused(K31U, "weight_dtype"), k31_load(f"{W31}/kandinsky3.pt", weight_dtype="int4")),
+    ("k31-unet-given-movq", Says(K31U, "original Kandinsky 3 movq file, not a unet"), k31_load(f"{W31}/movq.pt")),
+    ("k31-unet-given-projection", Says(K31U, "projection file, not a unet"),
+     k31_load(f"{W31}/flan_ul2_encoder/projection.pt")),
+    ("k31-unet-truncated", K31U, k31_load("hostile/k31-truncated.pt")),
+    ("k31-unet-corrupt", K31U, k31_load("hostile/k31-corrupt.pt")),
+    ("k31-unet-pickle-bomb", K31U, k31_load("hostile/pickle-bomb.ckpt")),
+    ("k31-unet-without-projection", Says(K31U, "holds no text projection"), k31_load("hostile/k31-without-projection.pt")),
+    ("k31-projection-given-unet", Says(K31U, "unet file, not a projection"),
+     k31_load(f"{W31}/kandinsky3.pt", projection=f"{W31}/kandinsky3_flash.pt")),
+    ("k31-projection-path-escape", Refused(K31U, "projection"), k31_load(f"{W31}/kandinsky3.pt", projection="../x.pt")),
 ]
 
 

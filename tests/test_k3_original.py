@@ -26,8 +26,9 @@ from kandinsky_core.movq import MOVQ_K3, MoVQ
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k3_original"
 CASES = json.loads((FIXTURES / "cases.json").read_text())
-# fp32: the same arithmetic in another order (SDPA against einsum attention), relative to the output's scale.
-REL_TOL = 1e-5
+# fp32: the same arithmetic in another order (SDPA against einsum attention), relative to the output's scale; the
+# fixtures were made with AVX-512 kernels, and AVX2 ones round differently again (measured up to 1.4e-5).
+REL_TOL = 3e-5
 PIPELINE_TOL = 1e-4  # images in [0, 1] (8-bit levels are 3.9e-3 apart)
 # Flash predicts x0 at t = 979, dividing by √ᾱ = 0.031: with random weights its tiny latents reach ±136, and the
 # UNet's last float bits grow 30-fold into the image (measured 6.7e-4, a sixth of an 8-bit level).
@@ -135,13 +136,14 @@ def test_conditioning_matches_the_original(fx, models):
     assert torch.equal(ids[0], fx["cond.none.ids"])
     positive, negative = OP.encode_prompt(models, CASES["prompt"])
     assert negative is None
-    assert max_diff(positive[0], fx["cond.none.context"]) < 1e-6 and torch.equal(positive[1], fx["cond.none.mask"])
+    # 1e-5: T5 and projection in fp32, kernels of another CPU (AVX2 measured 1.9e-6); the contexts are O(1)
+    assert max_diff(positive[0], fx["cond.none.context"]) < 1e-5 and torch.equal(positive[1], fx["cond.none.mask"])
     null = OP.null_conditioning(positive, models.null_embedding)
     assert torch.equal(null[0][:, 0], models.null_embedding[None]) and not null[0][:, 1:].any()
     assert null[1].tolist() == [[1] + [0] * (positive[1].shape[1] - 1)]
     # A negative as long as the prompt: the original's truncation and mask change nothing, so both agree.
     _, same = OP.encode_prompt(models, CASES["prompt"], CASES["negatives"]["same"])
-    assert max_diff(same[0], fx["cond.same.neg_context"]) < 1e-6 and torch.equal(same[1], fx["cond.same.neg_mask"])
+    assert max_diff(same[0], fx["cond.same.neg_context"]) < 1e-5 and torch.equal(same[1], fx["cond.same.neg_mask"])
 
 
 @pytest.mark.parametrize("name", ["short", "long"])

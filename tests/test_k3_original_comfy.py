@@ -112,12 +112,15 @@ def test_flash_in_the_pack_sampler_and_in_sampler_custom(comfy, ws):
     positive_core, _ = OP.encode_prompt(models, PROMPT)
     sampler = OP.FlashSampler()
     noise = torch.randn((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(3))
-    latents = OP.sample(models, positive_core, None, noise.shape, sampler=sampler, steps=4, guidance_scale=None,
-                        latents=sampler.sqrt_one_minus[979] * noise, generator=torch.Generator().manual_seed(3))
+    # ComfyUI's lcm draws its re-noising from a generator of its own: seeded with the seed (0.3.75), or with seed + 1
+    # on the CPU (0.30.0); the core loop is run with each and the server's version is the one that matches.
+    runs = [OP.sample(models, positive_core, None, noise.shape, sampler=sampler, steps=4, guidance_scale=None,
+                      latents=sampler.sqrt_one_minus[979] * noise, generator=torch.Generator().manual_seed(seed))
+            for seed in (3, 4)]
     # Latents, not pixels: with random weights Flash's reach ±123 and the MoVQ turns their float-level differences
     # (ComfyUI's σ form against the core's √ᾱ form) into a few 8-bit levels.
     served_custom = saved_latents(comfy, entry, latents_saved)
-    difference = float((served_custom - latents).abs().max() / latents.abs().max())
+    difference = min(float((served_custom - latents).abs().max() / latents.abs().max()) for latents in runs)
     assert difference < 1e-5, f"SamplerCustom + lcm + Flash sigmas vs the core Flash loop: {difference:.1e} relative"
 
 

@@ -122,9 +122,11 @@ def test_inpaint(version, tmp_path):
         got = D.inpaint(ours, pos, neg, image, mask, steps=STEPS, generator=gen(), **kw)
         # diffusers' VQModel.encode returns a channels-last view and its inpainting blend keeps that layout, so from the
         # second step its UNet runs other convolution kernels than for our contiguous latents. The layout alone moves
-        # this tiny random model's image by a few 1e-4 (8-bit levels are 3.9e-3 apart); with equal layouts we match.
+        # this tiny random model's image by 3e-4 to 1.3e-3 (AVX2 kernels; 8-bit levels are 3.9e-3 apart); with equal
+        # layouts we match.
         layout = max_diff(stock, expected)
-        assert max_diff(got, stock) < 1e-3, f"ours vs stock diffusers {max_diff(got, stock):.2e}, layout alone {layout:.2e}"
+        assert max_diff(got, stock) < 5e-3, f"ours vs stock diffusers {max_diff(got, stock):.2e}, layout alone {layout:.2e}"
+        assert max_diff(got, stock) < 2 * layout + TOL, "ours differs from stock diffusers by more than the layout does"
     assert max_diff(got, expected) < TOL
 
 

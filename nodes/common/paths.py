@@ -95,14 +95,14 @@ def _matches(folder, kind):
 
 
 def original_files():
-    """The torch pickles (.pt, .pth) in the model folders: where the original Kandinsky 3 UNet, projection and MoVQ
-    files are (which is which, their loader tells from their keys)."""
+    """The torch pickles (.pt, .pth, .ckpt) in the model folders: where the original Kandinsky 3 UNet, projection and
+    MoVQ files are (which is which, their loader tells from their keys)."""
     found = set()
     for root in folder_paths.get_folder_paths(FOLDER):
         for dirpath, _, filenames in os.walk(root, followlinks=True):
             rel = os.path.relpath(dirpath, root)
             found.update(os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
-                         for f in filenames if f.lower().endswith((".pt", ".pth")))
+                         for f in filenames if f.lower().endswith((".pt", ".pth", ".ckpt")))
     return sorted(found)
 
 
