@@ -105,6 +105,13 @@ def conditioning_pair(cond, n, device, dtype):
     return hidden.to(device, dtype).repeat_interleave(n, dim=0), mask.to(device).repeat_interleave(n, dim=0)
 
 
+NEGATIVE_TIP = ("Optional negative prompt. Unconnected: no negative prompt (diffusers' default, an empty and fully "
+                "masked context; for a UNet from the original files its null embedding, as the original code).")
+SAMPLER_TIP = ("checkpoint: the folder's scheduler (DDPM with x0 clipping); for a UNet from the original files the "
+               "Kandinsky 3.1 sampler (DDIM η 1, dynamic threshold). flash: Kandinsky 3.1 Flash's four steps (steps and "
+               "cfg are not used).")
+
+
 class Sampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -116,10 +123,7 @@ class Sampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="From Kandinsky 3 UNet Loader."),
                 io.Conditioning.Input("positive", tooltip="CLIP Text Encode with the Kandinsky 3 CLIP."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="Optional negative prompt. Unconnected: no negative prompt (diffusers' "
-                                              "default, an empty and fully masked context; for a UNet from the "
-                                              "original files its null embedding, as the original code)."),
+                io.Conditioning.Input("negative", optional=True, tooltip=NEGATIVE_TIP),
                 io.Latent.Input("latent_image", tooltip="Empty Latent Image (sides multiples of 64 pixels) for text-to-"
                                                         "image, or Kandinsky MoVQ Encode's latents for denoise < 1."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
@@ -128,10 +132,7 @@ class Sampler(io.ComfyNode):
                 io.Float.Input("cfg", default=4.0, min=1.0, max=30.0, step=0.1,
                                tooltip="ComfyUI's cfg = Kandinsky 3's guidance + 1: 4.0 is diffusers' default 3.0. "
                                        "At 2 or below guidance is off (the negative is not used), as in diffusers."),
-                io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint",
-                               tooltip="checkpoint: the folder's scheduler (DDPM with x0 clipping); for a UNet from "
-                                       "the original files the Kandinsky 3.1 sampler (DDIM η 1, dynamic threshold). "
-                                       "flash: Kandinsky 3.1 Flash's four steps (steps and cfg are not used)."),
+                io.Combo.Input("sampler", options=SAMPLERS, default="checkpoint", tooltip=SAMPLER_TIP),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Image-to-image strength: 1 ignores latent_image, lower values keep more of it, "
                                        "0 returns it unchanged (as KSampler does)."),
