@@ -1,7 +1,8 @@
-"""Opt-in speed settings: the fastest dtype a device multiplies natively, channels_last convolutions, torch.compile.
+"""Speed settings: the fastest dtype a device multiplies natively, channels_last convolutions, torch.compile.
 
-None of this is on by default, because each changes fp32 rounding (channels_last picks other convolution kernels,
-compile fuses ops) and the defaults stay bit-equal to diffusers. benchmarks/bench.py measures what each buys.
+kandinsky_core's defaults stay bit-equal to diffusers, so none of this is on unless asked for: each changes float
+rounding (channels_last picks other convolution kernels, compile fuses ops). The ComfyUI nodes ask for channels_last
+by default (their loaders' `mode` "fast"). benchmarks/bench.py measures what each buys.
 """
 import torch
 

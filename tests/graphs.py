@@ -43,9 +43,10 @@ class Graph:
         """Kandinsky Prior Loader for the tiny prior of `version`."""
         return self.add("Kandinsky2PriorLoader", prior=PRIORS[version])
 
-    def decoder(self, name="2.2"):
-        """Kandinsky Decoder Loader for a tiny decoder (a DECODERS key) or any loader choice; outputs model, movq."""
-        return self.add("Kandinsky2DecoderLoader", decoder=DECODERS.get(name, name))
+    def decoder(self, name="2.2", mode="exact"):
+        """Kandinsky Decoder Loader for a tiny decoder (a DECODERS key) or any loader choice; outputs model, movq.
+        mode exact (not the node's default, fast): these graphs are compared with kandinsky_core bit for bit."""
+        return self.add("Kandinsky2DecoderLoader", decoder=DECODERS.get(name, name), mode=mode)
 
     def prior_encode(self, prior, prompt="a red cat", seed=0, steps=2, batch_size=1, negative_prompt="",
                      guidance_scale=4.0):

@@ -289,6 +289,22 @@ def test_interpolate_batch_gives_one_image_per_frame(comfy, ws, mode):
 # --- equality with kandinsky_core --------------------------------------------------------------------------------
 
 
+def test_fast_mode_default_lands_within_rounding_of_exact(comfy, ws):
+    """The loaders' default mode (fast: channels_last convolution weights) samples the same image as exact up to float
+    rounding: a few 8-bit levels at most on these tiny random models, far below any visible change."""
+    served = {}
+    for mode in ("fast", "exact"):
+        g = Graph()
+        prior, decoder = g.prior("2.2"), g.decoder("2.2", mode=mode)
+        cond = g.prior_encode(prior, "a red cat", seed=7, steps=2)
+        sampler = g.sampler(decoder, cond[0], cond[1], g.empty_latent()[0], 11, steps=2)
+        save = g.decode_and_save(decoder[1], sampler[0], f"mode_{mode}")
+        entry, _ = run(comfy, ws, g)
+        (served[mode],) = check_images(saved(comfy, entry, save), 1)
+    difference = np.abs(served["fast"].astype(int) - served["exact"].astype(int))
+    assert difference.max() <= 3 and difference.mean() < 0.05, (difference.max(), difference.mean())
+
+
 @pytest.mark.parametrize("version", ["2.2", "2.1"])
 def test_sampler_equals_kandinsky_core(comfy, ws, version):
     prompt, prior_seed, seed, steps, guidance = "a red cat", 7, 11, 3, 4.0

@@ -31,11 +31,12 @@ def ws(comfy):
 class K3Graph(Graph):
     """A Graph with the Kandinsky 3 nodes."""
 
-    def k3(self, folder=K3, weight_dtype="default"):
-        """UNet loader, T5 loader and MoVQ loader of a tiny kandinsky-3 folder: (model, clip, movq) links."""
-        unet = self.add("Kandinsky3UNetLoader", unet=folder, weight_dtype=weight_dtype)
+    def k3(self, folder=K3, weight_dtype="default", mode="exact"):
+        """UNet loader, T5 loader and MoVQ loader of a tiny kandinsky-3 folder: (model, clip, movq) links (mode exact:
+        compared with kandinsky_core bit for bit)."""
+        unet = self.add("Kandinsky3UNetLoader", unet=folder, weight_dtype=weight_dtype, mode=mode)
         clip = self.add("Kandinsky3T5Loader", text_encoder=folder, weight_dtype=weight_dtype)
-        movq = self.add("Kandinsky2MoVQLoader", movq=folder)
+        movq = self.add("Kandinsky2MoVQLoader", movq=folder, mode=mode)
         return unet[0], clip[0], movq[0]
 
     def encode(self, clip, text=PROMPT):
@@ -291,22 +292,34 @@ def test_foreign_conditioning_is_named(pack, shape, extra, words):
         assert word in str(error.value), str(error.value)
 
 
-def test_cpu_t5_is_held_until_sampling_and_reloaded(pack, comfy):
-    """On the CPU the T5 is no ComfyUI-managed submodule: held from loading, freed when sampling starts, loaded again
-    by the next encode (same states); with hold=False it is the patcher's, as on a GPU."""
+def test_cpu_t5_is_held_while_memory_allows_and_reloaded(pack, comfy, monkeypatch):
+    """On the CPU the T5 is no ComfyUI-managed submodule: held from loading; sampling keeps it while the free RAM holds
+    what sampling and decoding need, frees it when that is short (ComfyUI's free-memory query capped here), and the
+    next encode loads it again (same states); with hold=False it is the patcher's, as on a GPU."""
+    import comfy.model_management as mm
+    from kandinsky_pack.nodes.common import held as H
     from kandinsky_pack.nodes.kandinsky3 import text as k3_text
 
     folder = str(comfy.base_dir / "models" / "kandinsky" / K3)
     held, managed = k3_text.load_clip(folder), k3_text.load_clip(folder, hold=False)
     assert held.cond_stage_model.held and held.patcher.model_size() == 0
     assert not managed.cond_stage_model.held and managed.patcher.model_size() > 0
-    assert held.cond_stage_model in pack.HELD_TEXT_ENCODERS and managed.cond_stage_model not in pack.HELD_TEXT_ENCODERS
+    assert held.cond_stage_model in H.HELD and managed.cond_stage_model not in H.HELD
     reference = managed.encode_from_tokens(managed.tokenize(PROMPT), return_dict=True)
     first = held.encode_from_tokens(held.tokenize(PROMPT), return_dict=True)
-    pack.release_text_encoders()
-    assert not held.cond_stage_model.held and held.cond_stage_model not in pack.HELD_TEXT_ENCODERS
+    unet = pack.load_unet(str(comfy.base_dir / "models" / "kandinsky" / K3)).model
+    noise = torch.zeros(1, 4, 128, 128)  # 1024²: the decode estimate alone is several GB
+    needed = unet.memory_required([2, 4, 128, 128])
+    assert needed > 0
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 1 << 50)  # plenty: the T5 stays for the next prompt
+    pack.make_room_to_sample(unet, noise)
+    assert held.cond_stage_model.held and held.cond_stage_model in H.HELD
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 2 << 30)  # 2 GiB free: sampling needs more
+    pack.make_room_to_sample(unet, noise)
+    assert not held.cond_stage_model.held and held.cond_stage_model not in H.HELD
     again = held.encode_from_tokens(held.tokenize(PROMPT), return_dict=True)
     assert held.cond_stage_model.held
     for out in (first, again):
         assert torch.equal(out["cond"], reference["cond"]) and torch.equal(out["attention_mask"], reference["attention_mask"])
-    pack.release_text_encoders()
+    assert not H.make_room(64 << 20) and held.cond_stage_model.held  # a small MoVQ pass fits in 2 GiB beside it
+    assert H.make_room() and not held.cond_stage_model.held

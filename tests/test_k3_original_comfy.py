@@ -29,12 +29,13 @@ def ws(comfy):
 class OriginalGraph(Graph):
     """A Graph with the original-file Kandinsky 3 nodes."""
 
-    def original(self, unet="kandinsky3.pt", projection="auto (the published pairing)", weight_dtype="default"):
-        """(model, clip, movq) links from the tiny weights/ folder."""
+    def original(self, unet="kandinsky3.pt", projection="auto (the published pairing)", weight_dtype="default",
+                 mode="exact"):
+        """(model, clip, movq) links from the tiny weights/ folder (mode exact: compared with the core bit for bit)."""
         model = self.add("Kandinsky3OriginalUNetLoader", unet=f"{W}/{unet}", projection=projection,
-                         weight_dtype=weight_dtype)
+                         weight_dtype=weight_dtype, mode=mode)
         clip = self.add("Kandinsky3T5Loader", text_encoder=T5, weight_dtype="default")
-        movq = self.add("Kandinsky2MoVQLoader", movq=f"{W}/movq.pt")
+        movq = self.add("Kandinsky2MoVQLoader", movq=f"{W}/movq.pt", mode=mode)
         return model[0], clip[0], movq[0]
 
     def encode(self, clip, text=PROMPT):

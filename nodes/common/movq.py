@@ -5,6 +5,7 @@ import comfy.ops
 import torch
 
 from ...kandinsky_core.movq import load_movq as load_core_movq
+from . import held, modes
 from .comfy_compat import model_patcher
 
 
@@ -29,13 +30,15 @@ class MoVQ:
 
     def ready(self, memory_required=0):
         """Load onto the compute device (making room for `memory_required` bytes of activations); returns the MoVQ."""
+        held.make_room(memory_required)  # a T5 held in RAM stays if the pass fits beside it
         mm.load_models_gpu([self.patcher], memory_required=memory_required)
         return self.model
 
 
-def load_movq(path):
-    """A MoVQ (repo folder, movq/ folder or single file) as a `MoVQ`."""
+def load_movq(path, mode="fast", node="Kandinsky MoVQ Loader"):
+    """A MoVQ (repo folder, movq/ folder or single file) as a `MoVQ`, laid out for `mode` (modes.py)."""
+    modes.check(mode, node)
     device, offload = mm.vae_device(), mm.vae_offload_device()
     dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float32])
     model = load_core_movq(path, dtype=dtype, device=offload, operations=comfy.ops.manual_cast)
-    return MoVQ(model, device, offload)
+    return MoVQ(modes.apply(model, mode), device, offload)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ...kandinsky_core import images, tiling
 from ...kandinsky_core.errors import KandinskyError
-from . import paths, progress, types
+from . import modes, paths, progress, types
 from .comfy_compat import is_oom
 from .movq import load_movq
 
@@ -103,12 +103,13 @@ class MoVQLoader(io.ComfyNode):
             node_id="Kandinsky2MoVQLoader", display_name="Kandinsky MoVQ Loader", category=f"{types.CATEGORY}/loaders",
             description="Loads the MoVQ (Kandinsky's VAE) from a decoder folder, a movq/ folder or a single file.",
             inputs=[io.Combo.Input("movq", options=paths.entries("movq"),
-                                   tooltip="A folder with a movq/ part, or a MoVQ weights file, in models/kandinsky.")],
+                                   tooltip="A folder with a movq/ part, or a MoVQ weights file, in models/kandinsky."),
+                    modes.mode_input()],
             outputs=[types.MoVQ.Output(display_name="movq", tooltip="For MoVQ Encode / Decode and Inpaint Conditioning.")])
 
     @classmethod
-    def execute(cls, movq):
-        return io.NodeOutput(load_movq(paths.resolve(movq)))
+    def execute(cls, movq, mode="fast"):
+        return io.NodeOutput(load_movq(paths.resolve(movq), mode))
 
 
 class MoVQEncode(io.ComfyNode):

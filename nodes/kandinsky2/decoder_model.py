@@ -20,6 +20,7 @@ from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky2 import loading
 from ...kandinsky_core.kandinsky2.decoder_pipeline import unet_any_size
 from ...kandinsky_core.kandinsky2.text_encoder import encode_text
+from ..common import modes
 from ..common.comfy_compat import model_patcher
 from ..common.movq import KandinskyLatent
 
@@ -139,9 +140,10 @@ def inpaint_concat(kwargs):
     return torch.cat([latents * keep, keep], dim=1)
 
 
-def load_decoder(path, model_options=None):
-    """(MODEL patcher, scheduler config) for a decoder repo folder or a single UNet file; `model_options` as core's
-    UNet loader takes them ("custom_operations": the layer classes, e.g. a quantised-weight pack's)."""
+def load_decoder(path, model_options=None, mode="fast"):
+    """A decoder repo folder or a single UNet file as a MODEL patcher, laid out for `mode` (modes.py); `model_options`
+    as core's UNet loader takes them ("custom_operations": the layer classes, e.g. a quantised-weight pack's)."""
+    modes.check(mode, "Kandinsky Decoder Loader")
     unet_path = weights.component_path(path, "unet")
     config = loading.read_config(unet_path, "unet")
     weights_file = weights.weights_path(unet_path)
@@ -152,7 +154,7 @@ def load_decoder(path, model_options=None):
     model_config = KandinskyModelConfig(KandinskyModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
     ops = (model_options or {}).get("custom_operations") or comfy.ops.pick_operations(dtype, manual_cast, load_device=load_device)
-    unet = loading.load_component(unet_path, "unet", dtype=dtype, device=offload, operations=ops)
+    unet = modes.apply(loading.load_component(unet_path, "unet", dtype=dtype, device=offload, operations=ops), mode)
     text_encoder = tokenizer = None
     if config.variant.startswith("2.1"):
         if not os.path.isdir(path):

@@ -4,7 +4,7 @@ import os
 from comfy_api.latest import io
 
 from ...kandinsky_core.preview import latent_rgb_factors
-from ..common import paths, types
+from ..common import modes, paths, types
 from ..common.movq import load_movq
 from .decoder_model import load_decoder
 from .prior import load_prior
@@ -35,18 +35,19 @@ class DecoderLoader(io.ComfyNode):
                         "KSampler or the Kandinsky Decoder Sampler, with the MoVQ of the same folder.",
             inputs=[io.Combo.Input("decoder", options=paths.entries("decoder"),
                                    tooltip="A decoder folder (kandinsky-2-2-decoder, kandinsky-2-1, ...-inpaint, "
-                                           "kandinsky-2-2-controlnet-depth) or a single UNet file in models/kandinsky.")],
+                                           "kandinsky-2-2-controlnet-depth) or a single UNet file in models/kandinsky."),
+                    modes.mode_input()],
             outputs=[io.Model.Output(display_name="model", tooltip="The decoder UNet as a ComfyUI model."),
                      types.MoVQ.Output(display_name="movq", tooltip="The folder's MoVQ image encoder/decoder (none for a "
                                                                     "single UNet file: use Kandinsky MoVQ Loader).")])
 
     @classmethod
-    def execute(cls, decoder):
+    def execute(cls, decoder, mode="fast"):
         path = paths.resolve(decoder)
-        model = load_decoder(path)
+        model = load_decoder(path, mode=mode)
         movq = None
         if os.path.isdir(os.path.join(path, "movq")):
-            movq = load_movq(path)
+            movq = load_movq(path, mode, "Kandinsky Decoder Loader")
             fmt = model.model.latent_format  # this model's own instance: previews fitted to its MoVQ
             fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias = (t.tolist() for t in latent_rgb_factors(movq.model))
         return io.NodeOutput(model, movq)

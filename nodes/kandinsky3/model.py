@@ -8,9 +8,7 @@ A UNet from the original ai-forever files (Kandinsky 3.0 / 3.1 / Flash / inpaint
 original's conditioning: the T5 states projected and zeroed where padded, and its `null_embedding` for a negative from
 ConditioningZeroOut; the 9-channel inpainting UNet reads its extra input from Kandinsky 3 Inpaint Conditioning.
 """
-import ctypes
 import os
-import weakref
 
 import comfy.conds
 import comfy.model_base
@@ -25,9 +23,10 @@ from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import loading as K3L
 from ...kandinsky_core.kandinsky3 import original as K3O
 from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
-from ..common import paths
+from ..common import held, modes, paths
 from ..common.comfy_compat import model_patcher
 from ..common.movq import KandinskyLatent
+from ..common.movq_nodes import DECODE_MEMORY_PER_PIXEL, memory
 
 SUPPORTED_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # The loaders' weight_dtype choices, as core's Load Diffusion Model: "default" lets ComfyUI pick for the device.
@@ -36,21 +35,14 @@ WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16,
 MARKER = "kandinsky3_text_width"  # conditioning dict key: set by the Kandinsky 3 CLIP to its T5's width
 MASK = "attention_mask"  # conditioning dict key: the T5 attention mask (B, L), 1 for real tokens
 INPAINT = "kandinsky3_inpaint"  # conditioning dict key: the inpainting UNet's keep-mask and masked-image latents
-# On a CPU-only setup, the Kandinsky 3 T5s whose weights are in RAM (text.py): sampling frees them.
-HELD_TEXT_ENCODERS = weakref.WeakSet()
 
 
-def release_text_encoders():
-    """Free the weights of the T5s a CPU-only setup holds, so that sampling runs without them in RAM (the next new
-    prompt loads them again); then hand the freed heap back to the system (glibc keeps it otherwise)."""
-    if not HELD_TEXT_ENCODERS:
-        return
-    for encoder in list(HELD_TEXT_ENCODERS):
-        encoder.release()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
-        pass
+def make_room_to_sample(model, noise):
+    """Free the T5s a CPU-only setup holds (text.py) if the free RAM would not hold sampling `noise` with guidance and
+    decoding the images (held.py: the held weights stay while they fit)."""
+    b, _, h, w = noise.shape
+    needed = model.memory_required([2 * b, *noise.shape[1:]]) + memory(DECODE_MEMORY_PER_PIXEL, b, 8 * h, 8 * w, torch.float32)
+    held.make_room(needed)
 
 
 class Kandinsky3ModelConfig(comfy.supported_models_base.BASE):
@@ -97,7 +89,7 @@ class Kandinsky3(comfy.model_base.BaseModel):
         self.model_sampling.set_sigmas(((1 - abar) / abar) ** 0.5)  # the checkpoint's own schedule, as the core's
 
     def extra_conds(self, **kwargs):
-        release_text_encoders()  # sampling starts: the text is encoded
+        make_room_to_sample(self, kwargs["noise"])  # sampling starts: the text is encoded
         hidden, mask = check_conditioning(kwargs.get("cross_attn"), kwargs, self.diffusion_model.unet.config.encoder_hid_dim,
                                           "KSampler")
         # CONDRegular batches only equal lengths: a prompt and a negative of other lengths run as separate UNet calls,
@@ -181,23 +173,27 @@ def _ops(weight_dtype, params, model_options):
     return dtype, model_config, without_weightless_casts(ops)
 
 
-def load_original_unet(path, projection=None, weight_dtype="default", model_options=None):
+def load_original_unet(path, projection=None, weight_dtype="default", model_options=None, mode="fast"):
     """An original Kandinsky 3 UNet file (and its projection file; None: the published one beside it, or the one a 3.0
-    file holds) as a ComfyUI MODEL patcher, weights stored in `weight_dtype`."""
+    file holds) as a ComfyUI MODEL patcher, weights stored in `weight_dtype` and laid out for `mode`."""
     check_weight_dtype(weight_dtype)
+    modes.check(mode, "Kandinsky 3.1 UNet Loader")
     projection = projection or K3O.published_projection(path)
     shapes = K3O.read_shapes(path)
     dtype, model_config, ops = _ops(weight_dtype, sum(int(torch.Size(s).numel()) for s in shapes.values()), model_options)
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
     unet, null = K3O.load_unet(path, projection, dtype=dtype, device=offload, operations=ops)
-    model = Kandinsky3(model_config, unet.eval(), None, device=offload, null_embedding=null.float())
+    unet = modes.apply(unet.eval(), mode)
+    model = Kandinsky3(model_config, unet, None, device=offload, null_embedding=null.float())
     return model_patcher(model, load_device, offload)
 
 
-def load_unet(folder, weight_dtype="default", model_options=None):
-    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device;
+def load_unet(folder, weight_dtype="default", model_options=None, mode="fast"):
+    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device
+    and laid out for `mode` (modes.py);
     `model_options` as core's UNet loader takes them ("custom_operations": e.g. a quantised-weight pack's layers)."""
     check_weight_dtype(weight_dtype)
+    modes.check(mode, "Kandinsky 3 UNet Loader")
     if not paths.is_kandinsky3(folder):
         raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
                              "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
@@ -209,5 +205,5 @@ def load_unet(folder, weight_dtype="default", model_options=None):
     scheduler = None
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):
         scheduler = weights.read_scheduler_config(folder)
-    model = Kandinsky3(model_config, unet.eval(), scheduler, device=offload)
+    model = Kandinsky3(model_config, modes.apply(unet.eval(), mode), scheduler, device=offload)
     return model_patcher(model, load_device, offload)

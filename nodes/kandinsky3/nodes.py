@@ -11,11 +11,12 @@ from comfy_api.latest import io
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
 from ...kandinsky_core.kandinsky3 import pipeline as K3
-from ..common import paths
+from ..common import modes, paths
 from ..common.progress import step_callback
 from ..common.sampling import Computing, check_denoise, check_latent, check_modifiers, make_scheduler, repeats
 from . import original_nodes
-from .model import INPAINT, WEIGHT_DTYPES, Kandinsky3, check_conditioning, inpaint_concat, load_unet, release_text_encoders
+from .model import (INPAINT, WEIGHT_DTYPES, Kandinsky3, check_conditioning, inpaint_concat, load_unet,
+                    make_room_to_sample)
 from .text import load_clip
 
 CATEGORY = "Kandinsky 3"
@@ -35,15 +36,16 @@ class UNetLoader(io.ComfyNode):
             inputs=[io.Combo.Input("unet", options=paths.entries("kandinsky3"),
                                    tooltip="A kandinsky-community/kandinsky-3 folder (unet/, scheduler/) in "
                                            "models/kandinsky."),
-                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)],
+                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP),
+                    modes.mode_input()],
             outputs=[io.Model.Output(display_name="model", tooltip="The UNet as a ComfyUI model (ε-prediction on the "
                                                                    "checkpoint's cosine schedule).")])
 
     @classmethod
-    def execute(cls, unet, weight_dtype):
+    def execute(cls, unet, weight_dtype, mode="fast"):
         folder = paths.resolve(unet)
         paths.check_kandinsky3(folder)  # names what is wrong with unet/config.json, before the loader's check
-        return io.NodeOutput(load_unet(folder, weight_dtype))
+        return io.NodeOutput(load_unet(folder, weight_dtype, mode=mode))
 
 
 class T5Loader(io.ComfyNode):
@@ -147,7 +149,7 @@ class Sampler(io.ComfyNode):
         pos, neg = read_inputs(k3, positive, negative, latent_image, sampler, steps, denoise)
         if denoise == 0:  # as KSampler: nothing to denoise, the latent comes back as it is
             return io.NodeOutput(dict(latent_image))
-        release_text_encoders()
+        make_room_to_sample(k3, latent_image["samples"])
         mm.load_models_gpu([model])
         unet = k3.diffusion_model.unet
         device, dtype = model.load_device, k3.manual_cast_dtype or next(unet.parameters()).dtype

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ...kandinsky_core import images
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
-from ..common import paths, types
+from ..common import modes, paths, types
 from ..common.inpaint import with_keys
 from ..common.movq_nodes import movq_pixels, require_movq
 from .model import INPAINT, WEIGHT_DTYPES, load_original_unet
@@ -40,14 +40,15 @@ class OriginalUNetLoader(io.ComfyNode):
                                            "kandinsky3_inpainting.pt, beside it or in flan_ul2_encoder/)."),
                     io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                    tooltip="How the weights are stored (the files are fp32): default lets ComfyUI "
-                                           "choose for the device; fp8 takes a quarter of the memory.")],
+                                           "choose for the device; fp8 takes a quarter of the memory."),
+                    modes.mode_input()],
             outputs=[io.Model.Output(display_name="model", tooltip="The UNet as a ComfyUI model, with the original's "
                                                                    "conditioning and null embedding.")])
 
     @classmethod
-    def execute(cls, unet, projection, weight_dtype):
+    def execute(cls, unet, projection, weight_dtype, mode="fast"):
         chosen = None if projection == AUTO else paths.resolve(projection)
-        return io.NodeOutput(load_original_unet(paths.resolve(unet), chosen, weight_dtype))
+        return io.NodeOutput(load_original_unet(paths.resolve(unet), chosen, weight_dtype, mode=mode))
 
 
 class FlashSigmas(io.ComfyNode):

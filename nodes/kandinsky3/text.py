@@ -3,8 +3,8 @@
 `comfy.sd.CLIP` builds the text model and the tokenizer from a target's `clip` and `tokenizer` classes and puts the
 model behind a ModelPatcher (low-VRAM partial loading; the T5 leaves the compute device when the UNet needs the room).
 On a CPU-only setup there is no other device to leave for: there the T5 is not a submodule ComfyUI manages but is held
-in RAM from loading until sampling starts, then freed (model.release_text_encoders), and loaded again by the next
-encode of a new prompt — so sampling and decoding run without the 8.7 B encoder in RAM.
+in RAM (common/held.py) until sampling or a MoVQ pass needs the memory, and loaded again by the next encode of a new
+prompt after that; while it fits beside them, a new prompt is encoded without reading the T5 again.
 The T5 is the core's, built with `comfy.ops` so its weights can be stored in fp8 and cast layer by layer; it computes
 in fp32, as ComfyUI's own T5 does (Flan-UL2 overflows fp16). The prompt is read as written: diffusers gives
 "(word:1.2)" no special meaning, so neither does this tokenizer.
@@ -25,7 +25,8 @@ from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import t5 as T5
 from ...kandinsky_core.kandinsky3.pipeline import MAX_TOKENS
 from ...kandinsky_core.kandinsky3.tokenizer import load_tokenizer
-from .model import HELD_TEXT_ENCODERS, MARKER, MASK, WEIGHT_DTYPES, check_weight_dtype
+from ..common import held
+from .model import MARKER, MASK, WEIGHT_DTYPES, check_weight_dtype
 
 KEY = "kandinsky3"  # the token dict's key, as ComfyUI's tokenizers name theirs (e.g. "t5xxl")
 
@@ -70,16 +71,16 @@ class Kandinsky3TextModel(torch.nn.Module):
         return self.transformer if "transformer" in self._modules else self.hold()
 
     def hold(self):
-        """Load the T5 into RAM unless it is there, until sampling starts."""
+        """Load the T5 into RAM unless it is there, until sampling or decoding wants the memory."""
         if not self.held:
             self.held.append(self.load_t5())
-            HELD_TEXT_ENCODERS.add(self)
+            held.hold(self)
         return self.held[0]
 
     def release(self):
-        """Free the held T5 (sampling needs the RAM)."""
+        """Free the held T5 (sampling or decoding needs the RAM)."""
         self.held.clear()
-        HELD_TEXT_ENCODERS.discard(self)
+        held.forget(self)
 
     def reset_clip_options(self):
         """No CLIP options (layer choice, projection) apply to a T5."""
