@@ -12,9 +12,9 @@ T5_MODEL = {"name": "kandinsky-3/text_encoder/model.fp16-00001-of-00005.safetens
 # Each node's inputs in schema order as (name, type): a type ending in * is a link, in ? an optional link, anything
 # else a widget; then its outputs.
 SPECS = {
-    "Kandinsky3OriginalUNetLoader": ([("unet", "COMBO"), ("projection", "COMBO"), ("weight_dtype", "COMBO")], [("model", "MODEL")]),
+    "Kandinsky3OriginalUNetLoader": ([("unet", "COMBO"), ("projection", "COMBO"), ("weight_dtype", "COMBO"), ("mode", "COMBO")], [("model", "MODEL")]),
     "Kandinsky3T5Loader": ([("text_encoder", "COMBO"), ("weight_dtype", "COMBO")], [("clip", "CLIP")]),
-    "Kandinsky2MoVQLoader": ([("movq", "COMBO")], [("movq", "KANDINSKY2_MOVQ")]),
+    "Kandinsky2MoVQLoader": ([("movq", "COMBO"), ("mode", "COMBO")], [("movq", "KANDINSKY2_MOVQ")]),
     "CLIPTextEncode": ([("clip", "CLIP*"), ("text", "STRING")], [("CONDITIONING", "CONDITIONING")]),
     "ConditioningZeroOut": ([("conditioning", "CONDITIONING*")], [("CONDITIONING", "CONDITIONING")]),
     "EmptyLatentImage": ([("width", "INT"), ("height", "INT"), ("batch_size", "INT")], [("LATENT", "LATENT")]),
@@ -101,10 +101,10 @@ FILES_NOTE = (f"the original files of `ai-forever/Kandinsky3.1` in `ComfyUI/mode
 
 
 def loaders(b, unet):
-    model = b.add("Kandinsky3OriginalUNetLoader", (40, 60), [f"{W}/{unet}", "auto (the published pairing)", "fp8_e4m3fn"],
+    model = b.add("Kandinsky3OriginalUNetLoader", (40, 60), [f"{W}/{unet}", "auto (the published pairing)", "fp8_e4m3fn", "fast"],
                   (340, 106))
     clip = b.add("Kandinsky3T5Loader", (40, 196), ["kandinsky-3/", "fp8_e4m3fn"], (340, 82))
-    movq = b.add("Kandinsky2MoVQLoader", (40, 308), [f"{W}/movq.pt"], (340, 58))
+    movq = b.add("Kandinsky2MoVQLoader", (40, 308), [f"{W}/movq.pt", "fast"], (340, 58))
     return model, clip, movq
 
 
