@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import attention, config
 from .errors import KandinskyError
 from .weights import (TORCH_EXTENSIONS, build, cast, component_path, count_indices, describe, load_model, load_pickle,
-                      load_weights, read_config)
+                      load_weights, read_config, save_model)
 
 # Submodules are registered in diffusers' order, so state-dict keys come out in its order too.
 # diffusers' SpatialNorm hard-codes 32 groups, whatever `norm_num_groups` says (it only reaches the encoder).
@@ -345,6 +345,7 @@ class MoVQ(torch.nn.Module):
 # Loading: a diffusers movq/ folder or one safetensors file (2.x and Kandinsky 3 alike).
 
 MOVQ_CLASS = "VQModel"
+MOVQ_KIND = "movq"  # save_movq's marker: the loaders list such files
 
 
 def is_movq(shapes):
@@ -371,6 +372,11 @@ def read_movq_config(path):
         if not is_movq(shapes):
             raise KandinskyError(f"{path} is not a MoVQ: it looks like {describe(shapes)}.")
     return read_config(path, MoVQConfig, MOVQ_CLASS, movq_config_from_shapes, check, what="a Kandinsky MoVQ")
+
+
+def save_movq(path, movq):
+    """Save a loaded MoVQ as one safetensors file in its stored dtype, config in the metadata (load_movq reads it)."""
+    return save_model(path, movq.state_dict(), MOVQ_KIND, config.to_dict(movq.config, MOVQ_CLASS))
 
 
 def load_movq(path, *, dtype=None, device="cpu", operations=torch.nn):

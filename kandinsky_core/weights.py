@@ -106,18 +106,19 @@ def cast(t, dtype, device):
     return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
 
 
-def iter_tensors(path, dtype=None, device="cpu"):
-    """Yield (key, tensor) from a safetensors/.bin file (or a sharded index), cast one tensor at a time."""
+def iter_tensors(path, dtype=None, device="cpu", as_stored=()):
+    """Yield (key, tensor) from a safetensors/.bin file (or a sharded index), cast one tensor at a time (the keys in
+    `as_stored` keep their dtype)."""
     for file in shard_files(path):
         if file.endswith(TORCH_EXTENSIONS):
             sd = _torch_load(file)
             for k in list(sd):
-                yield k, cast(sd.pop(k), dtype, device)
+                yield k, cast(sd.pop(k), None if k in as_stored else dtype, device)
         else:
-            yield from _iter_safetensors(file, dtype, device)
+            yield from _iter_safetensors(file, dtype, device, as_stored)
 
 
-def _iter_safetensors(file, dtype, device):
+def _iter_safetensors(file, dtype, device, as_stored=()):
     """One file's tensors, in file order, over a private memory map of it.
 
     A tensor that keeps its dtype on the CPU is a view of the map: page cache, nothing copied or allocated. A tensor that
@@ -131,7 +132,7 @@ def _iter_safetensors(file, dtype, device):
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     for key, (source, shape, begin, end) in sorted(tensors.items(), key=lambda item: item[1][2]):
         t = _view(mapped, source, shape, begin, end)
-        out = cast(t, dtype, device)
+        out = cast(t, None if key in as_stored else dtype, device)
         if out is not t:
             del t
             _release(mapped, begin, end)
@@ -151,6 +152,53 @@ def _release(mapped, begin, end):
     first, last = -(-begin // page) * page, end // page * page
     if last > first and hasattr(mapped, "madvise"):  # Windows has no madvise: its pages go when the map does
         mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+MARKER = "kandinsky"  # the metadata key our writer stores the component kind under (save_model)
+
+
+def save_file(path, tensors, metadata=None):
+    """Write {key: tensor} as one safetensors file, tensor by tensor (one tensor's copy at a time, whatever its device
+    and layout), widest dtypes first so that every tensor lies aligned for the mapping loads; returns `path`.
+
+    The file appears under its name only once complete: an interrupted save leaves no file that looks whole.
+    """
+    order = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
+    header, offset = {}, 0
+    for key in order:
+        t = tensors[key]
+        if t.dtype not in SAFETENSORS_NAMES:
+            raise KandinskyError(f"{key} is a {t.dtype} tensor, which safetensors cannot store.")
+        size = t.numel() * t.dtype.itemsize
+        header[key] = {"dtype": SAFETENSORS_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-aligned, as the safetensors writer pads it
+    partial = path + ".part"
+    with open(partial, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded)
+        for key in order:
+            t = tensors[key].detach()
+            if t.numel():
+                f.write(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    os.replace(partial, path)
+    return path
+
+
+def save_model(path, state, kind, config, **metadata):
+    """Save a loaded model's `state` dict with its `config` dict and component `kind` (what loaders list it as) in the
+    metadata, plus any further string `metadata`."""
+    return save_file(path, state, {"format": "pt", MARKER: kind, "config": json.dumps(config), **metadata})
+
+
+def read_metadata(path):
+    """The string metadata of a safetensors file ({} for other files)."""
+    if path.endswith(TORCH_EXTENSIONS) or _is_index(path):
+        return {}
+    return _read_header(path)[1]
 
 
 def load_pickle(file):
@@ -194,12 +242,11 @@ def read_shapes(path):
     return shapes
 
 
-def read_metadata_config(path):
-    """The `config` JSON stored in a safetensors file's metadata by our writer, if any."""
-    if path.endswith(TORCH_EXTENSIONS) or _is_index(path):
-        return None
-    meta = _read_header(path)[1]
-    return json.loads(meta["config"]) if "config" in meta else None
+def read_metadata_config(path, key="config"):
+    """The JSON our writer stored under `key` (the config; "scheduler": its scheduler config) in a safetensors file's
+    metadata, or None."""
+    meta = read_metadata(path) if os.path.isfile(path) else {}
+    return json.loads(meta[key]) if key in meta else None
 
 
 def describe(shapes):

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, XLMRobertaTokenizerFast
 
 from .. import weights
+from ..config import to_dict
 from ..errors import KandinskyError
 from ..images import KANDINSKY_CLIP_PREPROCESSOR
 from ..movq import MoVQ, MoVQConfig, is_movq, movq_config_from_shapes
@@ -95,6 +96,16 @@ def load_component(path, kind, *, dtype=None, device="cpu", operations=nn):
     path = component_path(path, kind)
     model_cls = CONFIG_TYPES[kind][2]
     return load_model(model_cls, read_config(path, kind), path, kind, dtype=dtype, device=device, operations=operations)
+
+
+UNET_KIND = "kandinsky2_unet"  # save_unet's marker: the loaders list such files
+
+
+def save_unet(path, unet, scheduler=None):
+    """Save a loaded decoder UNet as one safetensors file in its stored dtypes, with its config and the `scheduler`
+    config dict in the metadata (load_component and weights.read_metadata_config read them)."""
+    extra = {} if scheduler is None else {"scheduler": json.dumps(scheduler)}
+    return weights.save_model(path, unet.state_dict(), UNET_KIND, to_dict(unet.config, COMPONENT_CLASSES["unet"]), **extra)
 
 
 def _require(folder, sub, repo_hint):

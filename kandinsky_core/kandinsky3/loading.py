@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import weights as W
+from ..config import to_dict
 from ..errors import KandinskyError
 from ..movq import load_movq, read_movq_config
 from .pipeline import Kandinsky3Models
@@ -21,6 +22,8 @@ from .tokenizer import load_tokenizer
 from .unet import PUBLISHED_GROUPS, PUBLISHED_HEAD_DIM, UNet, UNetConfig
 
 UNET_CLASS = "Kandinsky3UNet"
+UNET_KIND = "kandinsky3_unet"  # save_unet's marker: the loaders list such files
+NULL_KEY = "null_embedding"  # an original UNet's unconditional context, kept beside its weights in a saved file
 PIPELINE_CLASSES = ("Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline")
 TWO_X_HINT = ("a Kandinsky 2.x decoder UNet; load its folder with the Kandinsky 2 loader "
               "(kandinsky_core.kandinsky2.loading.load_decoder_models)")
@@ -74,6 +77,33 @@ def load_unet(path, *, dtype=None, device="cpu", operations=nn):
     path = _unet_path(path)
     return W.load_model(UNet, read_unet_config(path), path, "Kandinsky 3 UNet", dtype=dtype, device=device,
                         operations=operations)
+
+
+def save_unet(path, unet, null_embedding=None, scheduler=None):
+    """Save a loaded UNet as one safetensors file in its stored dtypes, with its config, an original file's
+    `null_embedding` and the `scheduler` config dict; load_unet_file reads it back without converting."""
+    state = dict(unet.state_dict(), **({} if null_embedding is None else {NULL_KEY: null_embedding}))
+    extra = {} if scheduler is None else {"scheduler": json.dumps(scheduler)}
+    return W.save_model(path, state, UNET_KIND, to_dict(unet.config, UNET_CLASS), **extra)
+
+
+def load_unet_file(path, *, dtype=None, device="cpu", operations=nn):
+    """(UNet, null_embedding or None, scheduler config dict or None) of a file save_unet wrote; dtype None keeps the
+    file's, and a file already in `dtype` is mapped, not copied."""
+    config = read_unet_config(path)
+    model = W.build(UNet, config, "Kandinsky 3 UNet", operations=operations, dtype=dtype)
+    reference = model if operations is nn else W.build(UNet, config, "Kandinsky 3 UNet")
+    null = {}
+
+    def unet_tensors():
+        for key, t in W.iter_tensors(path, dtype, device, as_stored=(NULL_KEY,)):
+            if key == NULL_KEY:
+                null[key] = t  # fp32 as saved, whatever the UNet is stored in
+            else:
+                yield key, t
+
+    model = W.load_weights(model, path, reference=reference, tensors=unet_tensors()).eval()
+    return model, null.get(NULL_KEY), W.read_metadata_config(path, "scheduler")
 
 
 def check_family(folder):

@@ -22,7 +22,8 @@ from torch import nn
 from .. import attention
 from ..config import from_dict
 from ..errors import KandinskyError
-from ..weights import describe, iter_tensors, load_weights, read_metadata_config, read_shapes, shard_files, weights_path
+from ..weights import (describe, iter_tensors, load_weights, read_metadata_config, read_shapes, save_model, shard_files,
+                       weights_path)
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -235,6 +236,7 @@ class T5Encoder(nn.Module):
 # .bin: kandinsky-3's first, fp32 revision; the sharded .bin index: Kandinsky 3.1's weights/flan_ul2_encoder/.
 WEIGHT_FILES = ("model.safetensors.index.fp16.json", "model.safetensors", "model.safetensors.index.json",
                 "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.bin.index.json")
+T5_KIND = "kandinsky3_t5"  # save_t5's marker: the loaders list such files
 SKIPPED = ("decoder.", "lm_head.")  # a whole Flan-UL2 (T5ForConditionalGeneration) holds the decoder too
 WHERE = "pass kandinsky-3's text_encoder/ folder, Kandinsky 3.1's weights/flan_ul2_encoder/ or one .safetensors file."
 
@@ -335,3 +337,9 @@ def load_t5(path, *, dtype=None, device="cpu", operations=nn):
     return load_weights(model, weights, reference=reference, tensors=tensors,
                         config_origin="kandinsky-3's text_encoder/config.json",
                         mismatch_hint="a shard may be missing or belong to another model.").eval()
+
+
+def save_t5(path, t5, tokenizer):
+    """Save a loaded T5 as one safetensors file in its stored dtypes (fp32 `wo` of fp16 included), with its config and
+    `tokenizer` in the metadata; load_t5 reads it back without converting."""
+    return save_model(path, t5.state_dict(), T5_KIND, t5.config.to_dict(), **tokenizer.metadata())

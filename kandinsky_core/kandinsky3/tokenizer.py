@@ -9,6 +9,7 @@ The published `tokenizer/` folder holds only `spiece.model` (no `tokenizer.json`
 text that only NFKC turns into a control token's text ("＜/s＞") stays text, as in T5's own SentencePiece, where
 transformers 5 emits the control token mid-prompt.
 """
+import base64
 import json
 import os
 import re
@@ -43,15 +44,20 @@ def _added_tokens(folder, sp):
 class T5Tokenizer:
     """Prompts to (input_ids, attention_mask), both (B, max_length) LongTensors, as transformers' T5Tokenizer."""
 
-    def __init__(self, model_file):
+    def __init__(self, model_file=None, *, model_proto=None, added=None):
         import sentencepiece  # in ComfyUI's requirements; imported here so 2.x users never need it
 
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=model_file, model_proto=model_proto)
         self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
-        added = _added_tokens(os.path.dirname(model_file), self.sp)
+        self.added = added = added if added is not None else _added_tokens(os.path.dirname(model_file), self.sp)
         self.special = {**{self.sp.id_to_piece(i): i for i in (self.pad_id, self.eos_id, self.sp.unk_id())}, **added}
         # Longest first, so that no special token is cut short by another one that starts it.
         self.pattern = re.compile("|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)))
+
+    def metadata(self):
+        """The tokenizer as safetensors metadata strings, so that a saved T5 file carries its own (tokenizer_of_file)."""
+        return {"tokenizer": base64.b64encode(self.sp.serialized_model_proto()).decode(),
+                "tokenizer_added": json.dumps(self.added)}
 
     def encode(self, text):
         """The ids of `text` without end-of-sequence token, padding or truncation (lone surrogates read as U+FFFD)."""
@@ -87,3 +93,16 @@ def load_tokenizer(folder):
     except (RuntimeError, OSError) as err:  # sentencepiece reports a damaged model as RuntimeError/OSError
         raise KandinskyError(f"{model_file} is not a readable SentencePiece model ({err}); "
                              "download it again.") from None
+
+
+def tokenizer_of_file(path, metadata):
+    """The tokenizer a saved T5 file's `metadata` carries (T5Tokenizer.metadata); KandinskyError naming `path` if none."""
+    if "tokenizer" not in metadata:
+        raise KandinskyError(f"{path} holds a T5 without its tokenizer; load the kandinsky-3 folder (text_encoder/ and "
+                             "tokenizer/) or a file Kandinsky Save Model wrote.")
+    try:
+        return T5Tokenizer(model_proto=base64.b64decode(metadata["tokenizer"]),
+                           added=json.loads(metadata.get("tokenizer_added", "null")))
+    except (RuntimeError, OSError, ValueError) as err:
+        raise KandinskyError(f"{path}: its tokenizer cannot be read ({type(err).__name__}: {err}); the file is "
+                             "damaged: save it again.") from None
