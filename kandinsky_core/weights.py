@@ -194,6 +194,15 @@ def save_model(path, state, kind, config, **metadata):
     return save_file(path, state, {"format": "pt", MARKER: kind, "config": json.dumps(config), **metadata})
 
 
+def main_dtype(path):
+    """The floating dtype most of a safetensors file's values are stored in (a saved model's storage dtype)."""
+    counts = {}
+    for dtype, shape, _, _ in _read_header(path)[0].values():
+        if dtype.is_floating_point:
+            counts[dtype] = counts.get(dtype, 0) + torch.Size(shape).numel()
+    return max(counts, key=counts.get) if counts else None
+
+
 def read_metadata(path):
     """The string metadata of a safetensors file ({} for other files)."""
     if path.endswith(TORCH_EXTENSIONS) or _is_index(path):

@@ -1,7 +1,7 @@
 """The ComfyUI layer: node schemas and ComfyUI types over kandinsky_core; no model math here."""
 from comfy_api.latest import ComfyExtension
 
-from . import lora
+from . import lora, saving
 from .common import comfy_compat, movq_nodes, paths
 from .kandinsky2 import decoder_nodes, image_nodes, loaders, prior_nodes
 from .kandinsky3 import nodes as kandinsky3_nodes
@@ -13,7 +13,7 @@ class KandinskyExtension(ComfyExtension):
     async def get_node_list(self):
         loader, encode, decode = movq_nodes.NODES  # in the menu order the pack has always had
         return [*loaders.NODES, loader, *prior_nodes.NODES, encode, decode, *image_nodes.NODES, *decoder_nodes.NODES,
-                *lora.NODES, *kandinsky3_nodes.NODES]
+                *lora.NODES, *kandinsky3_nodes.NODES, *saving.NODES]
 
 
 async def comfy_entrypoint():

@@ -72,7 +72,7 @@ def test_there_is_an_example_for_every_use():
 
 def test_every_node_has_help_served_to_the_frontend(comfy):
     ours = {name: info for name, info in comfy.object_info().items() if info["python_module"].startswith("custom_nodes.")}
-    assert len(ours) == 22
+    assert len(ours) == 23
     for name, info in ours.items():  # the URL the frontend's node help panel fetches for a custom node
         text = urllib.request.urlopen(f"{comfy.url}/extensions/comfyui-kandinsky2/docs/{name}.md").read().decode()
         assert text.startswith(f"# {info['display_name']}\n"), name

@@ -30,7 +30,7 @@ NODES = {f"{PREFIX}{name}" for name in (
     "InterpolateBatch", "MoVQEncode", "MoVQDecode", "InpaintConditioning", "DepthModelLoader", "DepthEstimate",
     "ApplyDepthHint", "DecoderSampler", "PriorLoRA")} | {"Kandinsky3UNetLoader", "Kandinsky3T5Loader", "Kandinsky3Sampler",
                                                     "Kandinsky3OriginalUNetLoader", "Kandinsky3FlashSigmas",
-                                                    "Kandinsky3InpaintConditioning"}
+                                                    "Kandinsky3InpaintConditioning", "Kandinsky3SaveModel"}
 # The node-definition fields the pack's schemas set. Newer ComfyUIs add more on their own (0.30.0: search_aliases,
 # price_badge, dev_only, is_input_list ..., all at their defaults), which the snapshot must not depend on.
 SCHEMA_FIELDS = ("name", "display_name", "description", "category", "python_module", "input", "input_order", "output",

@@ -109,7 +109,7 @@ class MoVQLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, movq, mode="fast"):
-        return io.NodeOutput(load_movq(paths.resolve(movq), mode))
+        return io.NodeOutput(load_movq(paths.resolve(movq, kind="movq"), mode))
 
 
 class MoVQEncode(io.ComfyNode):

@@ -1,14 +1,23 @@
-"""Where the pack finds checkpoints: ComfyUI's `models/kandinsky` folder (plus extra_model_paths.yaml entries)."""
+"""Where the pack finds checkpoints: ComfyUI's `models/kandinsky` folder (plus extra_model_paths.yaml entries), and
+the single files Kandinsky Save Model writes, also in ComfyUI's own `diffusion_models`, `text_encoders` and `vae`."""
 import json
 import os
 
 import folder_paths
 
+from ...kandinsky_core import movq, weights
 from ...kandinsky_core.errors import KandinskyError
+from ...kandinsky_core.kandinsky2 import loading as L2
+from ...kandinsky_core.kandinsky3 import loading as L3
+from ...kandinsky_core.kandinsky3 import t5
 
 FOLDER = "kandinsky"
 WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt")
 REPO_MARKERS = {"prior": ("prior",), "decoder": ("unet",), "movq": ("movq",)}
+# Loader kind: (ComfyUI's model folder for it, the marker kandinsky_core's save functions write).
+SAVED = {"decoder": ("diffusion_models", L2.UNET_KIND), "kandinsky3": ("diffusion_models", L3.UNET_KIND),
+         "t5": ("text_encoders", t5.T5_KIND), "movq": ("vae", movq.MOVQ_KIND)}
+_MARKERS = {}  # (path, size, mtime): the file's marker, so listing a big diffusion_models folder reads each header once
 
 
 def register():
@@ -106,9 +115,33 @@ def original_files():
     return sorted(found)
 
 
+def _marker(path):
+    """The component kind a safetensors file's metadata names (our writer's marker), or None."""
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _MARKERS:
+        try:
+            _MARKERS[key] = weights.read_metadata(path).get(weights.MARKER)
+        except KandinskyError:  # a damaged or foreign file is simply not one of ours
+            _MARKERS[key] = None
+    return _MARKERS[key]
+
+
+def saved_files(kind):
+    """The files Kandinsky Save Model wrote for loader `kind`, in models/kandinsky and in ComfyUI's folder for it."""
+    folder, marker = SAVED[kind]
+    found = set()
+    for key in (FOLDER, folder):
+        for name in folder_paths.get_filename_list(key):
+            path = folder_paths.get_full_path(key, name)
+            if name.lower().endswith((".safetensors", ".sft")) and path and _marker(path) == marker:
+                found.add(name)
+    return sorted(found)
+
+
 def entries(kind):
     """Loader choices for `kind` ('prior', 'decoder', 'movq', 'depth', 'kandinsky3' or 't5'): matching folders, then
-    lone weight files (none for 'depth', 'kandinsky3' and 't5', which need whole folders)."""
+    lone weight files (for 'kandinsky3' and 't5' only those Kandinsky Save Model wrote; none for 'depth')."""
     folders, files = set(), set()
     for root in folder_paths.get_folder_paths(FOLDER):
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -121,14 +154,17 @@ def entries(kind):
             if kind not in ("depth", "kandinsky3", "t5"):
                 files.update(os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
                              for f in filenames if f.lower().endswith(WEIGHT_EXTENSIONS))
+    if kind in SAVED:
+        files.update(saved_files(kind))
     return sorted(folders) + sorted(files)
 
 
-def resolve(name, folder=FOLDER):
-    """The absolute path of a loader choice, refusing anything outside the model folders of `folder`."""
+def resolve(name, folder=FOLDER, kind=None):
+    """The absolute path of a loader choice, refusing anything outside the model folders of `folder` (and of
+    ComfyUI's folder for loader `kind`, where Kandinsky Save Model writes)."""
     if not isinstance(name, str) or not name:
         raise KandinskyError(f"{name!r} is not a checkpoint name; pick a checkpoint from the loader's list.")
-    roots = folder_paths.get_folder_paths(folder)
+    roots = folder_paths.get_folder_paths(folder) + (folder_paths.get_folder_paths(SAVED[kind][0]) if kind else [])
     for root in roots:
         root = os.path.realpath(root)
         path = os.path.realpath(os.path.join(root, name))

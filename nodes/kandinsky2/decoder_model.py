@@ -162,6 +162,8 @@ def load_decoder(path, model_options=None, mode="fast"):
                                  "UNet file.")
         text_encoder = loading.load_mclip(os.path.join(path, "text_encoder"), dtype=dtype, device=offload, operations=ops)
         tokenizer = loading.load_tokenizer(os.path.join(path, "tokenizer"), "xlmr")
-    scheduler = weights.read_scheduler_config(path) if os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")) else None
+    scheduler = weights.read_metadata_config(path, "scheduler")  # a saved file's, if it has one
+    if os.path.isfile(os.path.join(path, "scheduler", "scheduler_config.json")):
+        scheduler = weights.read_scheduler_config(path)
     model = KandinskyDecoder(model_config, unet.eval(), text_encoder, tokenizer, scheduler, device=offload)
     return model_patcher(model, load_device, offload)

@@ -43,7 +43,7 @@ class DecoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, decoder, mode="fast"):
-        path = paths.resolve(decoder)
+        path = paths.resolve(decoder, kind="decoder")
         model = load_decoder(path, mode=mode)
         movq = None
         if os.path.isdir(os.path.join(path, "movq")):

@@ -162,10 +162,12 @@ def check_weight_dtype(weight_dtype):
         raise KandinskyError(f"Unknown weight_dtype {weight_dtype!r}; pick one of {', '.join(WEIGHT_DTYPES)}.")
 
 
-def _ops(weight_dtype, params, model_options):
-    """(storage dtype, model config, comfy.ops) for a UNet of `params` parameters, as core's UNet loader picks them."""
+def _ops(weight_dtype, params, model_options, stored=None):
+    """(storage dtype, model config, comfy.ops) for a UNet of `params` parameters stored in `stored`, as core's UNet
+    loader picks them."""
     load_device = mm.get_torch_device()
-    dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES)
+    dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES,
+                                                         weight_dtype=stored)
     manual_cast = mm.unet_manual_cast(dtype, load_device, SUPPORTED_DTYPES)
     model_config = Kandinsky3ModelConfig(Kandinsky3ModelConfig.unet_config)
     model_config.set_inference_dtype(dtype, manual_cast)
@@ -189,11 +191,13 @@ def load_original_unet(path, projection=None, weight_dtype="default", model_opti
 
 
 def load_unet(folder, weight_dtype="default", model_options=None, mode="fast"):
-    """A kandinsky-3 folder's UNet as a ComfyUI MODEL patcher, weights stored in `weight_dtype` on the offload device
-    and laid out for `mode` (modes.py);
+    """A kandinsky-3 folder's UNet (or a file Kandinsky Save Model wrote) as a ComfyUI MODEL patcher, weights stored
+    in `weight_dtype` on the offload device and laid out for `mode` (modes.py);
     `model_options` as core's UNet loader takes them ("custom_operations": e.g. a quantised-weight pack's layers)."""
     check_weight_dtype(weight_dtype)
     modes.check(mode, "Kandinsky 3 UNet Loader")
+    if os.path.isfile(folder):
+        return _load_unet_file(folder, weight_dtype, model_options, mode)
     if not paths.is_kandinsky3(folder):
         raise KandinskyError(f"{folder} is not a kandinsky-3 folder: its unet/config.json must exist and name "
                              "Kandinsky3UNet; copy the unet/ folder of kandinsky-community/kandinsky-3.")
@@ -206,4 +210,17 @@ def load_unet(folder, weight_dtype="default", model_options=None, mode="fast"):
     if os.path.isfile(os.path.join(folder, "scheduler", "scheduler_config.json")):
         scheduler = weights.read_scheduler_config(folder)
     model = Kandinsky3(model_config, modes.apply(unet.eval(), mode), scheduler, device=offload)
+    return model_patcher(model, load_device, offload)
+
+
+def _load_unet_file(path, weight_dtype, model_options, mode):
+    """A UNet file Kandinsky Save Model wrote (3.0 or an original one, with its null_embedding); "default" keeps the
+    stored dtype where ComfyUI would (core's UNet loader's rule), and a stored dtype that is kept is mapped."""
+    shapes = weights.read_shapes(path)
+    params = sum(int(torch.Size(s).numel()) for key, s in shapes.items() if key != K3L.NULL_KEY)
+    dtype, model_config, ops = _ops(weight_dtype, params, model_options, weights.main_dtype(path))
+    load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
+    unet, null, scheduler = K3L.load_unet_file(path, dtype=dtype, device=offload, operations=ops)
+    null = None if null is None else null.float()
+    model = Kandinsky3(model_config, modes.apply(unet, mode), scheduler, device=offload, null_embedding=null)
     return model_patcher(model, load_device, offload)

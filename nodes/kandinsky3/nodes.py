@@ -4,6 +4,8 @@ The MoVQ is the pack's Kandinsky MoVQ Loader / Encode / Decode (the K3 MoVQ has 
 Guidance: Kandinsky 3 (diffusers, the core) writes `(g + 1)·cond − g·uncond`, which is ComfyUI's cfg = g + 1; the
 published default g = 3 is cfg 4.
 """
+import os
+
 import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
@@ -35,7 +37,8 @@ class UNetLoader(io.ComfyNode):
                         "or the Kandinsky 3 Sampler. fp8 storage and ComfyUI's low-VRAM loading apply to it.",
             inputs=[io.Combo.Input("unet", options=paths.entries("kandinsky3"),
                                    tooltip="A kandinsky-community/kandinsky-3 folder (unet/, scheduler/) in "
-                                           "models/kandinsky."),
+                                           "models/kandinsky, or a UNet file Kandinsky Save Model wrote (mapped "
+                                           "when weight_dtype is its stored dtype)."),
                     io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP),
                     modes.mode_input()],
             outputs=[io.Model.Output(display_name="model", tooltip="The UNet as a ComfyUI model (ε-prediction on the "
@@ -43,9 +46,10 @@ class UNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet, weight_dtype, mode="fast"):
-        folder = paths.resolve(unet)
-        paths.check_kandinsky3(folder)  # names what is wrong with unet/config.json, before the loader's check
-        return io.NodeOutput(load_unet(folder, weight_dtype, mode=mode))
+        path = paths.resolve(unet, kind="kandinsky3")
+        if not os.path.isfile(path):
+            paths.check_kandinsky3(path)  # names what is wrong with unet/config.json, before the loader's check
+        return io.NodeOutput(load_unet(path, weight_dtype, mode=mode))
 
 
 class T5Loader(io.ComfyNode):
@@ -57,14 +61,15 @@ class T5Loader(io.ComfyNode):
                         "a CLIP, for CLIP Text Encode and the conditioning nodes.",
             inputs=[io.Combo.Input("text_encoder", options=paths.entries("t5"),
                                    tooltip="A kandinsky-community/kandinsky-3 folder (text_encoder/, tokenizer/), or "
-                                           "Kandinsky 3.1's weights/flan_ul2_encoder/, in models/kandinsky."),
+                                           "Kandinsky 3.1's weights/flan_ul2_encoder/, in models/kandinsky, or a T5 "
+                                           "file Kandinsky Save Model wrote (with its tokenizer)."),
                     io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)],
             outputs=[io.Clip.Output(display_name="clip", tooltip="The T5 as a CLIP: prompts are read as written (no "
                                                                  "(word:1.2) weighting), up to 127 tokens.")])
 
     @classmethod
     def execute(cls, text_encoder, weight_dtype):
-        return io.NodeOutput(load_clip(paths.resolve(text_encoder), weight_dtype))
+        return io.NodeOutput(load_clip(paths.resolve(text_encoder, kind="t5"), weight_dtype))
 
 
 def kandinsky3_of(model):

@@ -20,11 +20,11 @@ import comfy.ops
 import comfy.sd
 import torch
 
-from ...kandinsky_core import images
+from ...kandinsky_core import images, weights
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import t5 as T5
 from ...kandinsky_core.kandinsky3.pipeline import MAX_TOKENS
-from ...kandinsky_core.kandinsky3.tokenizer import load_tokenizer
+from ...kandinsky_core.kandinsky3.tokenizer import load_tokenizer, tokenizer_of_file
 from ..common import held
 from .model import MARKER, MASK, WEIGHT_DTYPES, check_weight_dtype
 
@@ -47,7 +47,7 @@ class Kandinsky3Tokenizer:
         return [(pair, self.tokenizer.sp.id_to_piece(pair[0])) for pair in token_weight_pair]
 
     def state_dict(self):
-        """Nothing to save: the tokenizer is the folder's spiece.model."""
+        """Nothing to save: the tokenizer is the folder's spiece.model (Kandinsky Save Model stores it in its files)."""
         return {}
 
 
@@ -110,7 +110,10 @@ class Kandinsky3TextModel(torch.nn.Module):
 
 def text_encoder_folder(folder):
     """(text_encoder/ path, tokenizer/ path) of a kandinsky-3 folder, or (folder, folder) for Kandinsky 3.1's
-    flan_ul2_encoder/ (the T5 and its tokenizer in one folder); a KandinskyError names what is missing."""
+    flan_ul2_encoder/ (the T5 and its tokenizer in one folder) and for a file Kandinsky Save Model wrote (the T5 and
+    its tokenizer in one file); a KandinskyError names what is missing."""
+    if os.path.isfile(folder):
+        return [folder, folder]
     if os.path.isfile(os.path.join(folder, "spiece.model")) and os.path.isfile(os.path.join(folder, "config.json")):
         return [folder, folder]
     parts = [os.path.join(folder, "text_encoder"), os.path.join(folder, "tokenizer")]
@@ -127,7 +130,10 @@ def load_clip(folder, weight_dtype="default", hold=None):
     check_weight_dtype(weight_dtype)
     encoder, tokenizer_folder = text_encoder_folder(folder)
     config = T5.read_t5_config(encoder)
-    tokenizer = load_tokenizer(tokenizer_folder)
+    if os.path.isfile(tokenizer_folder):
+        tokenizer = tokenizer_of_file(tokenizer_folder, weights.read_metadata(tokenizer_folder))
+    else:
+        tokenizer = load_tokenizer(tokenizer_folder)
 
     class Target:
         params = {"path": encoder}
