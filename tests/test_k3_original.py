@@ -32,7 +32,14 @@ REL_TOL = 3e-5
 PIPELINE_TOL = 1e-4  # images in [0, 1] (8-bit levels are 3.9e-3 apart)
 # Flash predicts x0 at t = 979, dividing by √ᾱ = 0.031: with random weights its tiny latents reach ±136, and the
 # UNet's last float bits grow 30-fold into the image (measured 6.7e-4, a sixth of an 8-bit level).
-FLASH_PIPELINE_TOL = 1e-3
+# Measured 6.8e-3 on an AMX Xeon (1.7 8-bit levels): 1e-2 still separates rounding from a wrong step, which moves
+# the image by tenths.
+FLASH_PIPELINE_TOL = 1e-2
+# The 3.1 sampler's first step (t = 999) divides ε by √ᾱ = 4.9e-5: the UNet's last float bits (REL_TOL apart across
+# CPUs) become differences of order one in the x0 estimate, which dynamic thresholding clamps to the percentile range
+# only where it saturates. What survives in the unclamped values reached 1.4e-3 on an AMX Xeon (base3), where the
+# AVX-512 cores that made the fixtures agree to 3e-5. A wrong sampler formula moves latents by tenths.
+SAMPLER_TOL = 5e-3
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +85,13 @@ def rel_diff(a, b):
 
 
 def test_time_features_are_computed_as_the_original():
-    """At the published width the original's frequencies round differently from diffusers': up to 6e-5 apart."""
+    """At the published width the original's frequencies round differently from diffusers': up to 6e-5 apart. Ours
+    agrees with the original to a few float32 steps of sin/cos near 1 (vectorised sin/cos kernels differ by CPU:
+    1.9e-6 measured on an AMX Xeon), well apart from diffusers' order of operations."""
     fx = load_file(FIXTURES / "cases.safetensors")
     original = UNet(replace(UNET3, time_features="original"), device="meta")
     diffusers = UNet(UNET3, device="meta")
-    assert max_diff(original.time_features(fx["time.t"]), fx["time.features"]) < 1e-6
+    assert max_diff(original.time_features(fx["time.t"]), fx["time.features"]) < 5e-6
     assert max_diff(diffusers.time_features(fx["time.t"]), fx["time.features"]) > 1e-5
 
 
@@ -174,7 +183,7 @@ def test_samplers_match_the_original(fx, models, inpaint_models, name):
                     guidance_scale=None if flash else case["guidance"], concat=concat,
                     generator=torch.Generator().manual_seed(case["seed"]), callback=lambda info: steps.append(info["t"]))
     assert steps == case["times"]
-    assert rel_diff(out, fx[f"sampler.{name}"]) < REL_TOL
+    assert rel_diff(out, fx[f"sampler.{name}"]) < SAMPLER_TOL
 
 
 def test_sampler_never_returns_nan(fx, models):
