@@ -29,7 +29,7 @@ def main(unet, repeats=3):
         for dtype, name in ((torch.float8_e4m3fn, "fp8"), (torch.bfloat16, "bf16")):
             model, convert = seconds(lambda: L.load_component(unet, "unet", dtype=dtype))
             path = os.path.join(folder, f"unet_{name}.safetensors")
-            _, save = seconds(lambda: L.save_unet(path, model))
+            _, save = seconds(lambda m=model: L.save_unet(path, m))
             del model
             loads = [seconds(lambda: L.load_component(path, "unet", dtype=dtype)) for _ in range(repeats)]
             _, layout = seconds(lambda: speed.optimize(loads[-1][0]))

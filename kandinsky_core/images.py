@@ -237,6 +237,20 @@ def grow_mask(mask, pixels):
     return grown[..., :mask.shape[-2], :mask.shape[-1]]
 
 
+def paste_back(generated, image, mask):
+    """`generated` (B, C, H, W) with `image` (b, C, H, W) put back where `mask` (b, 1, H, W) is 0 and blended where it
+    is fractional: the composite core ImageCompositeMasked makes; b rows serve B = k·b generated rows in turn."""
+    if generated.shape[-2:] != image.shape[-2:] or mask.shape[-2:] != image.shape[-2:]:
+        raise KandinskyError(f"Paste-back needs the generated image, the source and the mask at one size; got "
+                             f"{_hw(generated.shape[-2:])}, {_hw(image.shape[-2:])} and {_hw(mask.shape[-2:])}.")
+    if generated.shape[0] % image.shape[0] or generated.shape[0] % mask.shape[0]:
+        raise KandinskyError(f"Paste-back of {image.shape[0]} source images with {mask.shape[0]} masks cannot serve "
+                             f"{generated.shape[0]} generated ones; give as many or one.")
+    image = image.to(generated).repeat_interleave(generated.shape[0] // image.shape[0], dim=0)
+    mask = mask.to(generated).repeat_interleave(generated.shape[0] // mask.shape[0], dim=0)
+    return generated * mask + image * (1 - mask)
+
+
 def _hw(shape):
     return f"{shape[0]}x{shape[1]}"
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from graphs import SIZE, Graph
+from graphs import INPAINT_IMAGE, SIZE, Graph
 from hostile_summary import record
 from test_hostile import cond22, run_reference, sample
 from test_k3_comfy import K3Graph
+from test_k3_original_comfy import OriginalGraph
 
 pytest_plugins = ["hostile_summary"]
 
@@ -120,6 +121,40 @@ def test_cancel_kandinsky3_at_random_steps(comfy, baseline):
     image, _ = run_reference(comfy, "faults_after_k3_cancel")
     np.testing.assert_array_equal(image, reference)
     check_memory(comfy, "memory after 6 Kandinsky 3 cancels", rss_before, vram_before)
+
+
+def original_run(g, run, steps):
+    """The original-file samplers in turn: the 3.1 sampler, Flash's four steps, inpainting; returns the sampler node."""
+    kind = ("checkpoint", "flash", "inpaint")[run % 3]
+    model, clip, movq = g.original("kandinsky3_inpainting.pt" if kind == "inpaint" else "kandinsky3.pt")
+    positive, latent = g.encode(clip, f"a cat number {run}"), g.empty_latent()[0]
+    if kind == "inpaint":
+        loaded = g.load_image(INPAINT_IMAGE)
+        cond = g.add("Kandinsky3InpaintConditioning", positive=positive, negative=positive, movq=movq,
+                     pixels=loaded[0], mask=loaded[1], grow_mask_by=0, paste_back=True)
+        positive, latent = cond[0], cond[2]
+    node = g.k3_sampler(model, positive, latent, run, steps, sampler="flash" if kind == "flash" else "checkpoint")
+    g.add("PreviewImage", images=g.decode(movq, node[0])[0])
+    return node, kind
+
+
+def test_cancel_original_samplers_at_random_steps(comfy, baseline):
+    """The 3.1 sampler and inpainting run 150 steps and are cancelled mid-way; Flash has 4 steps, so its run may end
+    before Cancel arrives, and must then end cleanly."""
+    reference, rss_before, vram_before = baseline
+    rng = random.Random(2)
+    with comfy.listen() as ws:
+        for run in range(6):
+            g = OriginalGraph()
+            node, kind = original_run(g, run, steps=150)
+            step = rng.randint(1, 3 if kind == "flash" else 15)
+            end = cancel_at(comfy, ws, g.prompt, node.id, step)
+            assert end == "execution_interrupted" or (kind == "flash" and end == "execution_success"), (kind, end)
+            record(f"Kandinsky 3.1 {kind} cancel run {run} at step {step}", "worked")
+            assert comfy.process.poll() is None
+    image, _ = run_reference(comfy, "faults_after_k31_cancel")
+    np.testing.assert_array_equal(image, reference)
+    check_memory(comfy, "memory after 6 Kandinsky 3.1 cancels", rss_before, vram_before)
 
 
 def test_50_prompts_flat_memory(comfy, baseline):

@@ -21,7 +21,7 @@ from kandinsky_core.kandinsky3 import original as O
 from kandinsky_core.kandinsky3 import original_pipeline as OP
 from kandinsky_core.kandinsky3 import tiny_original as TO
 from kandinsky_core.kandinsky3.unet import UNET3, UNet
-from kandinsky_core import movq
+from kandinsky_core import images, movq
 from kandinsky_core.movq import MOVQ_K3, MoVQ
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k3_original"
@@ -207,9 +207,9 @@ def test_pipelines_match_the_original(fx, models, inpaint_models):
     image = (fx["pipeline.inpaint_image"].permute(2, 0, 1).float() / 255 * 2 - 1)[None]
     got["inpaint"] = OP.inpaint(inpaint_models, CASES["prompt"], image, fx["pipeline.inpaint_mask"],
                                 generator=gen(seed), **common)
-    for name, images in got.items():
+    for name, out in got.items():
         tol = FLASH_PIPELINE_TOL if name == "flash" else PIPELINE_TOL
-        assert max_diff(images, fx[f"pipeline.{name}"]) < tol, f"{name}: {max_diff(images, fx[f'pipeline.{name}']):.2e}"
+        assert max_diff(out, fx[f"pipeline.{name}"]) < tol, f"{name}: {max_diff(out, fx[f'pipeline.{name}']):.2e}"
 
 
 def test_inpainting_takes_a_negative_prompt(fx, inpaint_models):
@@ -218,6 +218,33 @@ def test_inpainting_takes_a_negative_prompt(fx, inpaint_models):
     out = OP.inpaint(inpaint_models, CASES["prompt"], image, fx["pipeline.inpaint_mask"], negative_prompt="blurry",
                      steps=2, generator=gen(0), output_type="pt")
     assert out.shape == (1, 3, 64, 64) and out.isfinite().all()
+
+
+def test_paste_back_keeps_the_input_outside_the_mask(fx, inpaint_models):
+    """Not in the original (it regenerates the whole image): paste_back composites like core ImageCompositeMasked."""
+    image = (fx["pipeline.inpaint_image"].permute(2, 0, 1).float() / 255 * 2 - 1)[None]
+    mask = fx["pipeline.inpaint_mask"].float().reshape(1, 1, *image.shape[-2:])
+    run = dict(steps=2, output_type="pt")
+    plain = OP.inpaint(inpaint_models, CASES["prompt"], image, mask, generator=gen(3), **run)
+    pasted = OP.inpaint(inpaint_models, CASES["prompt"], image, mask, generator=gen(3), paste_back=True, **run)
+    kept, hole = (mask == 0).expand_as(pasted), (mask == 1).expand_as(pasted)
+    assert kept.any() and hole.any()
+    source = image * 0.5 + 0.5
+    assert max_diff(pasted[kept], source[kept]) < 1e-6  # the input itself, up to the [-1, 1] round trip
+    assert max_diff(pasted[hole], plain[hole]) == 0  # the repainted pixels are the pipeline's own
+    assert max_diff(plain[kept], source[kept]) > 0.05  # tiny random weights: without it the input is not kept
+
+
+def test_paste_back_serves_a_batch_and_names_a_size_mismatch():
+    generated, image = torch.zeros(4, 3, 8, 8), torch.ones(2, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1
+    out = images.paste_back(generated, image, mask)
+    assert (out[..., :4] == 0).all() and (out[..., 4:] == 1).all()
+    with pytest.raises(KandinskyError, match="at one size"):
+        images.paste_back(generated, image[..., :4], mask)
+    with pytest.raises(KandinskyError, match="cannot serve 4"):
+        images.paste_back(generated, torch.ones(3, 3, 8, 8), mask)
 
 
 def gen(seed):

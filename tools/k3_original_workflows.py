@@ -32,7 +32,7 @@ SPECS = {
     "LoadImage": ([("image", "COMBO"), ("upload", "IMAGEUPLOAD")], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
     "Kandinsky3InpaintConditioning": ([("positive", "CONDITIONING*"), ("negative", "CONDITIONING*"),
                                        ("movq", "KANDINSKY2_MOVQ*"), ("pixels", "IMAGE*"), ("mask", "MASK*"),
-                                       ("grow_mask_by", "INT")],
+                                       ("grow_mask_by", "INT"), ("paste_back", "BOOLEAN")],
                                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")]),
 }
 LOCAL = {"upload": "choose file to upload"}
@@ -155,7 +155,7 @@ def inpainting():
     text = b.add("CLIPTextEncode", (420, 60), ["a vase of sunflowers on the table"], (320, 130), clip=(clip, 0))
     zero = b.add("ConditioningZeroOut", (420, 220), [], (320, 26), conditioning=(text, 0))
     image = b.add("LoadImage", (420, 300), ["example.png", "image"], (340, 314))
-    cond = b.add("Kandinsky3InpaintConditioning", (800, 60), [0], (320, 158), positive=(text, 0), negative=(zero, 0),
+    cond = b.add("Kandinsky3InpaintConditioning", (800, 60), [0, False], (320, 182), positive=(text, 0), negative=(zero, 0),
                  movq=(movq, 0), pixels=(image, 0), mask=(image, 1))
     sample = b.add("Kandinsky3Sampler", (1160, 60), [0, "randomize", 50, 5.0, "checkpoint", 1.0], (320, 262),
                    model=(model, 0), positive=(cond, 0), negative=(cond, 1), latent_image=(cond, 2))
@@ -165,8 +165,8 @@ def inpainting():
     b.note((540, 660), "**Kandinsky 3 inpainting**: paint the mask in Load Image's mask editor (white = repaint). "
                        "Kandinsky 3 Inpaint Conditioning prepares image and mask as the original pipeline (sides "
                        "cropped to multiples of 64); **cfg 5.0** = the original's guidance 4. The image is regenerated "
-                       "around the repainted part, as in the original: composite it over the input with core "
-                       "ImageCompositeMasked to keep the other pixels exactly. Works with the 3.0 and 3.1 "
+                       "around the repainted part, as in the original; turn **paste_back** on to keep the other "
+                       "pixels exactly (MoVQ Decode puts the input back there). Works with the 3.0 and 3.1 "
                        "kandinsky3_inpainting.pt.")
     b.save("kandinsky3_inpainting", [T5_MODEL])
 

@@ -304,9 +304,10 @@ def inpaint_concat(movq, image, mask):
 
 @torch.no_grad()
 def inpaint(models, prompt, image, mask, *, negative_prompt=None, steps=50, guidance_scale=4.0, eta=1.0,
-            num_images_per_prompt=1, generator=None, output_type="pil", callback=None):
+            num_images_per_prompt=1, generator=None, output_type="pil", callback=None, paste_back=False):
     """Repaint where `mask` is 1 (0 keeps), as the original Kandinsky3InpaintingPipeline; image (B, 3, H, W) in
-    [-1, 1] or an image `images.preprocess_image` reads, mask (B, 1, H, W) or (H, W) in [0, 1], sides multiples of 64."""
+    [-1, 1] or an image `images.preprocess_image` reads, mask (B, 1, H, W) or (H, W) in [0, 1], sides multiples of 64.
+    paste_back puts the input's pixels back where the mask keeps them (the original regenerates the whole image)."""
     if not models.inpainting:
         raise KandinskyError("Inpainting needs the 9-channel Kandinsky 3 inpainting UNet (kandinsky3_inpainting.pt); "
                              "this UNet takes 4 channels.")
@@ -330,4 +331,7 @@ def inpaint(models, prompt, image, mask, *, negative_prompt=None, steps=50, guid
     shape = (n, models.unet.config.output_channels, *concat.shape[-2:])
     out = sample(models, positive, negative, shape, sampler=OriginalSampler(0.95, eta), steps=steps,
                  guidance_scale=guidance_scale, generator=generator, concat=concat, callback=callback)
-    return decode_latents(models.movq, out, output_type)
+    if not paste_back or output_type == "latent":
+        return decode_latents(models.movq, out, output_type)
+    decoded = models.movq.decode(out, force_not_quantize=True)
+    return images.postprocess(images.paste_back(decoded, pixels, mask), output_type)

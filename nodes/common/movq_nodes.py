@@ -9,6 +9,7 @@ from ...kandinsky_core import images, tiling
 from ...kandinsky_core.errors import KandinskyError
 from . import modes, paths, progress, types
 from .comfy_compat import is_oom
+from .inpaint import PASTE_BACK
 from .movq import load_movq
 
 FALLBACK_TILE = 512  # tile side in pixels when a whole decode or encode runs out of memory
@@ -67,8 +68,20 @@ def encode(movq, image, node_id=None):
     return tiling.encode_tiled(model, x, FALLBACK_TILE, overlap, output_device=mm.intermediate_device(), callback=callback)
 
 
-def decode(movq, z, tile_size=0, node_id=None):
-    """IMAGE from MoVQ latents; tile_size 0 = whole (tiles on out-of-memory), else tiles of that many pixels."""
+def pasted(decoded, paste):
+    """Decoded pixels with the input put back where the mask keeps it, when Inpaint Conditioning asked for it."""
+    if paste is None:
+        return decoded
+    try:
+        return images.paste_back(decoded, paste["image"], paste["mask"])
+    except KandinskyError as err:
+        raise KandinskyError(f"Kandinsky MoVQ Decode cannot paste the inpainted image back: {err} Sample the latent "
+                             "Inpaint Conditioning gave at its size, or turn its paste_back off.") from None
+
+
+def decode(movq, z, tile_size=0, node_id=None, paste=None):
+    """IMAGE from MoVQ latents; tile_size 0 = whole (tiles on out-of-memory), else tiles of that many pixels; `paste`:
+    a PASTE_BACK entry to composite the decoded image with."""
     movq = require_movq(movq)
     if 0 < tile_size < 64:
         raise KandinskyError(f"tile_size {tile_size} is too small: use 0 (automatic) or 64 pixels and up.")
@@ -82,7 +95,7 @@ def decode(movq, z, tile_size=0, node_id=None):
     z = z.to(movq.patcher.load_device, movq.dtype)
     if tile_size == 0:
         try:
-            return comfy_image(images.postprocess(model.decode(z), "pt"))
+            return comfy_image(images.postprocess(pasted(model.decode(z), paste), "pt"))
         except Exception as err:  # noqa: BLE001 (is_oom decides; anything else goes on up)
             if not is_oom(err):
                 raise
@@ -93,7 +106,7 @@ def decode(movq, z, tile_size=0, node_id=None):
     tile = tile_size // f
     callback = progress.step_callback(b * tiling.tile_count(h, w, tile, tile // 4), node_id)
     out = tiling.decode_tiled(model, z, tile, tile // 4, output_device=mm.intermediate_device(), callback=callback)
-    return comfy_image(images.postprocess(out, "pt"))
+    return comfy_image(images.postprocess(pasted(out, paste), "pt"))
 
 
 class MoVQLoader(io.ComfyNode):
@@ -136,7 +149,9 @@ class MoVQDecode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="Kandinsky2MoVQDecode", display_name="Kandinsky MoVQ Decode", category=f"{types.CATEGORY}/latent",
-            description="Decodes Kandinsky latents into images with the MoVQ, whole or in overlapping tiles.",
+            description="Decodes Kandinsky latents into images with the MoVQ, whole or in overlapping tiles; pastes the "
+                        "input image back around the repainted part when Kandinsky 3 Inpaint Conditioning's "
+                        "paste_back is on.",
             inputs=[types.MoVQ.Input("movq", tooltip="The MoVQ, from the Decoder Loader or the MoVQ Loader."),
                     io.Latent.Input("samples", tooltip="Kandinsky latents, e.g. from KSampler or the Decoder Sampler."),
                     io.Int.Input("tile_size", default=0, min=0, max=8192, step=64,
@@ -148,7 +163,8 @@ class MoVQDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, movq, samples, tile_size):
-        return io.NodeOutput(decode(movq, samples["samples"], tile_size, cls.hidden.unique_id))
+        paste = samples.get(PASTE_BACK)
+        return io.NodeOutput(decode(movq, samples["samples"], tile_size, cls.hidden.unique_id, paste))
 
 
 NODES = [MoVQLoader, MoVQEncode, MoVQDecode]

@@ -14,6 +14,7 @@ from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
 from ...kandinsky_core.kandinsky3 import pipeline as K3
 from ..common import modes, paths
+from ..common.inpaint import carried
 from ..common.progress import step_callback
 from ..common.sampling import Computing, check_denoise, check_latent, check_modifiers, make_scheduler, repeats
 from . import original_nodes
@@ -168,7 +169,7 @@ class Sampler(io.ComfyNode):
             latents = sample_original(k3, unet, (pos, neg, n, concat), init, sampler, g, denoise, run)
         else:
             latents = sample_diffusers(k3, unet, (pos, neg, n), init, sampler, g, denoise, run)
-        return io.NodeOutput({"samples": latents.to(mm.intermediate_device(), torch.float32)})
+        return io.NodeOutput({**carried(latent_image), "samples": latents.to(mm.intermediate_device(), torch.float32)})
 
 
 def sample_diffusers(k3, unet, conditioning, init, sampler, g, denoise, run):

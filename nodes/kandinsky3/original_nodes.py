@@ -13,7 +13,7 @@ from ...kandinsky_core import images
 from ...kandinsky_core.errors import KandinskyError
 from ...kandinsky_core.kandinsky3 import original_pipeline as K3OP
 from ..common import modes, paths, types
-from ..common.inpaint import with_keys
+from ..common.inpaint import PASTE_BACK, with_keys
 from ..common.movq_nodes import movq_pixels, require_movq
 from .model import INPAINT, WEIGHT_DTYPES, load_original_unet
 
@@ -70,9 +70,10 @@ class FlashSigmas(io.ComfyNode):
         return io.NodeOutput(K3OP.flash_sigmas(sigmas.float().cpu()))
 
 
-def inpaint_inputs(movq, pixels, mask, grow_mask_by):
-    """(keep-mask and masked-image latents concatenated, the latent to sample) of an IMAGE and a MASK: both
-    centre-cropped to multiples of 64, the mask resized to the image first, as core InpaintModelConditioning does."""
+def inpaint_inputs(movq, pixels, mask, grow_mask_by, paste_back=False):
+    """(keep-mask and masked-image latents concatenated, the LATENT to sample) of an IMAGE and a MASK: both
+    centre-cropped to multiples of 64, the mask resized to the image first, as core InpaintModelConditioning does; with
+    paste_back the LATENT carries image and mask for MoVQ Decode."""
     image = images.crop_to_multiple(movq_pixels(images.check_finite(pixels, "The image to inpaint")), MULTIPLE)
     if min(image.shape[-2:]) < MULTIPLE:
         raise KandinskyError(f"Kandinsky 3 inpaints images of at least {MULTIPLE}x{MULTIPLE} pixels (sides multiples of "
@@ -83,7 +84,10 @@ def inpaint_inputs(movq, pixels, mask, grow_mask_by):
     device, dtype = movq.patcher.load_device, movq.dtype
     concat = K3OP.inpaint_concat(movq.ready(), image.to(device, dtype), hole.to(device, dtype))
     concat = concat.to(mm.intermediate_device(), torch.float32)
-    return concat, torch.zeros((concat.shape[0], 4, *concat.shape[-2:]), device=mm.intermediate_device())
+    latent = {"samples": torch.zeros((concat.shape[0], 4, *concat.shape[-2:]), device=mm.intermediate_device())}
+    if paste_back:
+        latent[PASTE_BACK] = {"image": image.to(mm.intermediate_device()), "mask": hole.to(mm.intermediate_device())}
+    return concat, latent
 
 
 class InpaintConditioning(io.ComfyNode):
@@ -103,18 +107,23 @@ class InpaintConditioning(io.ComfyNode):
                     io.Mask.Input("mask", tooltip="Where to repaint (white); resized to the image if its size differs."),
                     io.Int.Input("grow_mask_by", default=0, min=0, max=64,
                                  tooltip="Grow the mask by this many pixels first (0: as the original; the original "
-                                         "notebook grows it by about 4).")],
+                                         "notebook grows it by about 4)."),
+                    io.Boolean.Input("paste_back", default=False, optional=True,
+                                     tooltip="Off: the image is regenerated around the repainted part too, as in the "
+                                             "original. On: Kandinsky MoVQ Decode puts the input's pixels back where "
+                                             "the mask keeps them (blended along a soft mask's edge).")],
             outputs=[io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the inpainting "
                                                                               "inputs."),
                      io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the inpainting "
                                                                               "inputs."),
-                     io.Latent.Output(display_name="latent", tooltip="An empty latent of the cropped image's size.")])
+                     io.Latent.Output(display_name="latent", tooltip="An empty latent of the cropped image's size (with "
+                                                                     "the paste-back request when it is on).")])
 
     @classmethod
-    def execute(cls, positive, negative, movq, pixels, mask, grow_mask_by):
-        concat, latent = inpaint_inputs(movq, pixels, mask, grow_mask_by)
+    def execute(cls, positive, negative, movq, pixels, mask, grow_mask_by, paste_back=False):
+        concat, latent = inpaint_inputs(movq, pixels, mask, grow_mask_by, paste_back)
         keys = {INPAINT: concat}
-        return io.NodeOutput(with_keys(positive, **keys), with_keys(negative, **keys), {"samples": latent})
+        return io.NodeOutput(with_keys(positive, **keys), with_keys(negative, **keys), latent)
 
 
 NODES = [OriginalUNetLoader, FlashSigmas, InpaintConditioning]
