@@ -72,7 +72,9 @@ def weights(args, only, rows):
     folders = {bench_load.MODELS[m]["folder"] for m in args.models} if "load" in only else set()
     folders |= {KINDS[p].folder for p in only if p != "load"}
     decoder, prior = H.write_22_weights(args.workdir) if folders & {"decoder", "prior"} else (None, None)
-    base = {"device": str(args.device), "decoder": decoder, "prior": prior, "folders": {"decoder": decoder, "prior": prior}}
+    base = {"device": str(args.device), "decoder": decoder, "prior": prior, "folders": {"decoder": decoder, "prior": prior},
+            "outputs": os.path.join(args.workdir, "outputs")}
+    os.makedirs(base["outputs"], exist_ok=True)
     if "k3" in folders:
         bench_k3.setup(args, base, rows)
     return base

@@ -37,6 +37,7 @@ def add_arguments(parser):
     parser.add_argument("--k3-folder", default=DEFAULT_FOLDER, help="kandinsky-3 folder of random weights (written "
                         "there if absent, ~28 GB)")
     parser.add_argument("--k3-tiny", action="store_true", help="tiny Kandinsky 3 models in <workdir>/k3-tiny: a dry run")
+    parser.add_argument("--movq-sizes", default="768,1024", help="MoVQ decode sizes, comma separated")
     parser.add_argument("--k3-sizes", help="K3 UNet step sizes, comma separated (default 256,512 on CPU, 768,1024 on CUDA)")
 
 
@@ -134,7 +135,10 @@ def child_unet(spec, device, memory):
     dtype, side = H.DTYPES[spec["dtype"]], spec["side"]
     path = os.path.join(spec["folders"]["k3"], "unet")
     width = read_unet_config(path).encoder_hid_dim
-    unet, result = _load(ours_unet if side == "ours" else theirs_unet, path, dtype, device, memory)
+    unet, result = _load(theirs_unet if side == "theirs" else ours_unet, path, dtype, device, memory)
+    if side == "fast":  # the nodes' default mode: channels_last convolution weights
+        from kandinsky_core.speed import optimize
+        unet = optimize(unet)
     result["matmul_peak"] = H.matmul_peak(dtype, device) if side == "ours" else None  # the rows use ours
     result["sizes"] = {}
     for size in spec["sizes"]:
@@ -183,9 +187,9 @@ def label(base):
     return "K3 TINY" if base.get("k3_tiny") else "K3"
 
 
-def sides(base, spec):
-    """{side: result} of one child per side, ours first, for the same spec."""
-    return {side: H.child({**base, **spec, "side": side}) for side in ("ours", "theirs")}
+def sides(base, spec, names=("ours", "theirs")):
+    """{side: result} of one child per side, in the order of `names`, for the same spec."""
+    return {side: H.child({**base, **spec, "side": side}) for side in names}
 
 
 def compare(base, spec, what):
@@ -204,8 +208,8 @@ def run_unet(args, base, rows):
     sizes = [int(s) for s in (args.k3_sizes or default).split(",")]
     for dtype in per_device(args, ("fp32", "bf16"), ("fp16", "bf16")):
         spec = {"task": "k3_unet", "dtype": dtype, "sizes": sizes, "repeats": args.repeats}
-        got = sides(base, spec)
-        o, t = got["ours"], got["theirs"]
+        got = sides(base, spec, ("ours", "fast", "theirs"))
+        o, f, t = got["ours"], got["fast"], got["theirs"]
         peak = o["matmul_peak"]
         rows.append(f"{label(base)} UNet {dtype}: matmul peak (4096²) {peak / 1e9:.1f} GFLOP/s | load ours {o['load_s']:.1f}s "
                     f"+{o['model_anon_gb']:.2f} GB anon (process peak {o['load_peak_anon_gb']:.2f} GB), diffusers "
@@ -213,8 +217,11 @@ def run_unet(args, base, rows):
         for size in sizes:
             ro, rt = o["sizes"][str(size)], t["sizes"][str(size)]
             ours, theirs = H.med(ro["times"]), H.med(rt["times"])
+            fast = H.med(f["sizes"][str(size)]["times"])
+            distance = H.compare({**base, **spec}, size, "exact", sides=("fast", "ours"))
             rows.append(f"{label(base)} UNet step {dtype} {size}² batch 2, {TOKENS} tokens | ours {ours:.3f}s | diffusers "
-                        f"{theirs:.3f}s | ratio {ours / theirs:.2f} | {compare(base, spec, size)} | "
+                        f"{theirs:.3f}s | ratio {ours / theirs:.2f} | {compare(base, spec, size)} | fast (the nodes' "
+                        f"default) {fast:.3f}s, ratio {fast / theirs:.2f}, {distance} | "
                         f"{ro['flops'] / 1e12:.2f} TFLOP, ours {100 * ro['flops'] / ours / peak:.0f}% of peak, diffusers "
                         f"{100 * ro['flops'] / theirs / peak:.0f}% | step peak anon above the model ours "
                         f"+{ro['step_anon_gb']:.2f} GB, diffusers +{rt['step_anon_gb']:.2f} GB{cuda_note(ro, rt)}")

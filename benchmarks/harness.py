@@ -171,15 +171,15 @@ def save(spec, what, out):
     torch.save(out.detach().cpu(), output_file(spec, what))
 
 
-def compare(spec, what, oracle):
-    """'bit-exact', or the relative L2 distance of our output to the oracle's (both read from the children's files)."""
-    ours, theirs = (torch.load(output_file({**spec, "side": side}, what), weights_only=True)
-                    for side in ("ours", "theirs"))
+def compare(spec, what, oracle, sides=("ours", "theirs")):
+    """'bit-exact', or the relative L2 distance of the first side's output to the second's, which `oracle` names (both
+    read from the children's files)."""
+    ours, theirs = (torch.load(output_file({**spec, "side": side}, what), weights_only=True) for side in sides)
     if torch.equal(ours, theirs):
         return "bit-exact"
     ours, theirs = ours.float(), theirs.float()
     finite = "" if torch.isfinite(ours).all() and torch.isfinite(theirs).all() else ", NOT FINITE"
-    return f"|ours - {oracle}| / |{oracle}| {((ours - theirs).norm() / theirs.norm()).item():.1e}{finite}"
+    return f"|{sides[0]} - {oracle}| / |{oracle}| {((ours - theirs).norm() / theirs.norm()).item():.1e}{finite}"
 
 
 # ---------------------------------------------------------------- random weights on disk

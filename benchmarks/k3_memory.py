@@ -3,6 +3,12 @@
     python benchmarks/k3_memory.py                        # full size, fp8 weights, 1024², 25 steps (~30 GB disk)
     python benchmarks/k3_memory.py --size 512 --steps 4   # 512² if a 1024² step takes too long on the CPU
     python benchmarks/k3_memory.py --tiny                 # dry run of the whole script on tiny models (seconds)
+    python benchmarks/k3_memory.py --flash --size 512     # Kandinsky 3.1 Flash from the original files, 4 steps
+
+--flash writes random weights in the original 3.1 layout too (`Kandinsky3.1/weights/kandinsky3_flash.pt`, fp32,
+12.2 GB, with `flan_ul2_encoder/projection_flash.pt`) and samples them with the Kandinsky 3.1 UNet Loader and the
+Kandinsky 3 Sampler's flash sampler (4 unguided UNet calls); the T5 and the MoVQ come from the same kandinsky-3
+folder (the same models). diffusers has no pipeline for it, so that side is skipped.
 
 Random weights are written once into --workdir in kandinsky-3's published layout (fp16-variant files, the T5 in
 shards with fp32 `wo`), tensor by tensor so that writing never holds the 8.7 B-parameter T5 in memory. Then:
@@ -23,21 +29,29 @@ import time
 import torch
 
 import harness as H
+import k3_original
 
 MEMORY_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
+ORIGINAL = "Kandinsky3.1/weights"  # in models/kandinsky, as ai-forever/Kandinsky3.1 publishes it
+FLASH_FILES = ("kandinsky3_flash.pt", "projection_flash.pt")
 
 
 def workflow(args):
     """The API prompt: loaders → CLIP Text Encode → Kandinsky 3 Sampler → MoVQ Decode → Save Image."""
     from graphs import Graph
     g = Graph()
-    unet = g.add("Kandinsky3UNetLoader", unet="kandinsky-3/", weight_dtype=args.weight_dtype)
+    if args.flash:
+        unet = g.add("Kandinsky3OriginalUNetLoader", unet=f"{ORIGINAL}/{FLASH_FILES[0]}",
+                     projection="auto (the published pairing)", weight_dtype=args.weight_dtype, mode="fast")
+    else:
+        unet = g.add("Kandinsky3UNetLoader", unet="kandinsky-3/", weight_dtype=args.weight_dtype)
     clip = g.add("Kandinsky3T5Loader", text_encoder="kandinsky-3/", weight_dtype=args.weight_dtype)
     movq = g.add("Kandinsky2MoVQLoader", movq="kandinsky-3/")
     text = g.add("CLIPTextEncode", clip=clip[0], text=H.K3_PROMPT)
     latent = g.empty_latent(args.size, args.size)
     sampler = g.add("Kandinsky3Sampler", model=unet[0], positive=text[0], latent_image=latent[0], seed=0,
-                    steps=args.steps, cfg=4.0, sampler="checkpoint", denoise=1.0)
+                    steps=4 if args.flash else args.steps, cfg=4.0, sampler="flash" if args.flash else "checkpoint",
+                    denoise=1.0)
     g.save(g.decode(movq[0], sampler[0], args.tile)[0], "k3_memory")
     return g.prompt, {"loaders": [unet.id, clip.id, movq.id], "encode": text.id, "sampler": sampler.id}
 
@@ -134,17 +148,21 @@ def main():
     p.add_argument("--tile", type=int, default=0, help="MoVQ Decode tile_size (0: whole, tiles on out-of-memory)")
     p.add_argument("--timeout", type=int, default=6 * 3600)
     p.add_argument("--no-diffusers", action="store_true")
+    p.add_argument("--flash", action="store_true", help="Kandinsky 3.1 Flash from the original files (4 steps)")
     args = p.parse_args()
     base = H.comfy_base(args)
     folder = os.path.join(base, "models", "kandinsky", "kandinsky-3")
     t = time.monotonic()
     H.write_k3_folder(folder, args.tiny)
+    if args.flash:
+        k3_original.write_weights(os.path.join(base, "models", "kandinsky", ORIGINAL), args.tiny, *FLASH_FILES)
     cuda = torch.cuda.is_available()
+    model = "3.1 Flash (original files), 4 steps" if args.flash else f"3.0 (kandinsky-3 folder), {args.steps} steps"
     print(f"weights in {folder} ({time.monotonic() - t:.0f} s); {'CUDA' if cuda else 'CPU'}; {args.size}², "
-          f"{args.steps} steps, {args.weight_dtype}{H.TINY_NOTE if args.tiny else ''}")
+          f"{model}, {args.weight_dtype}{H.TINY_NOTE if args.tiny else ''}")
     ours = run_comfyui(args, base, cuda)
     print("ComfyUI + this pack:", json.dumps(ours, indent=1))
-    if not args.no_diffusers:
+    if not args.no_diffusers and not args.flash:
         print("diffusers:", json.dumps(run_diffusers(args, folder), indent=1))
 
 

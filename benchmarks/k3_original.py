@@ -28,12 +28,13 @@ sys.path.insert(0, ROOT)
 DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def write_weights(workdir, tiny):
-    """kandinsky3.pt and flan_ul2_encoder/projection.pt (random) in `workdir`, unless already there."""
+def write_weights(workdir, tiny, unet_name="kandinsky3.pt", projection_name="projection.pt"):
+    """kandinsky3.pt and flan_ul2_encoder/projection.pt (random; or Flash's names, same shapes) in `workdir`, unless
+    already there."""
     from kandinsky_core.kandinsky3 import tiny_original as TO
     from kandinsky_core.kandinsky3.unet import UNET3, UNet
-    unet_file = os.path.join(workdir, "kandinsky3.pt")
-    projection_file = os.path.join(workdir, "flan_ul2_encoder", "projection.pt")
+    unet_file = os.path.join(workdir, unet_name)
+    projection_file = os.path.join(workdir, "flan_ul2_encoder", projection_name)
     if os.path.isfile(unet_file) and os.path.isfile(projection_file):
         return unet_file, projection_file
     os.makedirs(os.path.dirname(projection_file), exist_ok=True)
