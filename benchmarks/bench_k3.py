@@ -90,8 +90,8 @@ def preload():
 
 
 def unet_step(side, unet, x, t, context, mask):
-    """One guided UNet forward, called as each side's pipeline calls it."""
-    if side == "ours":
+    """One guided UNet forward, called as each side's pipeline calls it ("fast" is ours in the nodes' fast mode)."""
+    if side != "theirs":
         return unet(x, t, context, mask)
     return unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
 

@@ -63,9 +63,9 @@ def submit(comfy, ws, graph, timeout=120):
     return entry, ws.wait_for(prompt_id, timeout=10)
 
 
-def run(comfy, ws, graph):
+def run(comfy, ws, graph, timeout=120):
     """Run a prompt that must succeed; return (history entry, websocket messages)."""
-    entry, messages = submit(comfy, ws, graph)
+    entry, messages = submit(comfy, ws, graph, timeout)
     assert entry["status"]["status_str"] == "success", error_text(entry)
     return entry, messages
 
